@@ -1,0 +1,122 @@
+"""Command line: parse commands and flags, then call into the module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Sequence
+
+from controller import __version__
+
+#: Exit code for bad input (config, URL, flags), as argparse uses.
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"vast-queue-scaler: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_depth(args: argparse.Namespace) -> int:
+    from controller.sources import SourceError, SourceURLError, read_once
+
+    try:
+        depth = asyncio.run(read_once(args.url, timeout=args.timeout))
+    except SourceURLError as exc:
+        return _fail(str(exc))
+    except SourceError as exc:
+        print(f"vast-queue-scaler: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(depth.as_dict()))
+    else:
+        print(f"waiting={depth.waiting} in_flight={depth.in_flight} total={depth.total}")
+    return 0
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from controller.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    from controller.check import check
+
+    return asyncio.run(check(config))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.service import run
+
+    try:
+        config = load_config(args.config, metrics_port=args.metrics_port)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return asyncio.run(run(config))
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from controller.emulator import EmulatorConfigError, serve
+
+    try:
+        return asyncio.run(serve(args))
+    except EmulatorConfigError as exc:
+        return _fail(str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vast-queue-scaler",
+        description="Keep Vast.ai Serverless sessions equal to the work in your own queue.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config_help = "YAML config file (default: $VQS_CONFIG, else environment variables only)"
+
+    p = sub.add_parser("run", help="run the controller: keep sessions equal to queued work")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--metrics-port", type=int, default=None, help="metrics/health port (default 9464)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check", help="validate the config and read every source once")
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("depth", help="read one queue's depth from a source URL")
+    p.add_argument("url", help="source URL, e.g. 'redis://127.0.0.1:6379/0?stream=jobs&group=g'")
+    p.add_argument("--json", action="store_true", help='print {"waiting", "in_flight", "total"}')
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before the read fails (default 5)")
+    p.set_defaults(func=_cmd_depth)
+
+    p = sub.add_parser("config-schema", help="print the config file's JSON Schema")
+    p.set_defaults(func=_cmd_config_schema)
+
+    p = sub.add_parser("emulator", help="serve a local Vast Serverless emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--config", help="emulator YAML (endpoints, workers, faults)")
+    p.add_argument("--workers", choices=["process", "inprocess"], default=None)
+    p.add_argument("--cold-start", type=float, default=None, metavar="SECONDS")
+    p.set_defaults(func=_cmd_emulator)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,342 @@
+"""Settings models, YAML + environment loading, and error messages that name the YAML path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PRODUCTION_WEBSERVER_URL = "https://console.vast.ai"
+PRODUCTION_AUTOSCALER_URL = "https://run.vast.ai"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s/?#]*@", re.IGNORECASE)
+
+
+def parse_duration(value: object) -> float:
+    """`30s`, `5m`, `1h`, `250ms` or plain seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or plain seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30s, 5m or plain seconds, got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("must be a duration >= 0")
+    return seconds
+
+
+def redact(text: str) -> str:
+    """Replace the password of every URL in `text` with `***`."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", text)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h",
+        }
+    ),
+]
+
+NAME_RULE = (
+    "3-63 characters of lowercase letters, digits and hyphens, starting with a letter, "
+    "with no '--' and no trailing hyphen"
+)
+_NAME = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or "--" in name:
+        raise ValueError(f"must be {NAME_RULE}, got {name!r}")
+    return name
+
+
+def _check_http_url(url: str) -> str:
+    # Secrets can ride in URLs, so the error shows the URL redacted.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"expected an http(s) URL such as http://127.0.0.1:8080, got {redact(url)!r}"
+        )
+    return url.rstrip("/")
+
+
+def _check_source(url: str) -> str:
+    # TODO(H1): call controller.sources.parse_url once H2 provides it.
+    if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", url, re.IGNORECASE):
+        raise ValueError(f"expected a source URL such as redis://host:6379/0?list=jobs, got {redact(url)!r}")
+    return url
+
+
+ScalerName = Annotated[str, AfterValidator(_check_name)]
+HttpURL = Annotated[str, AfterValidator(_check_http_url)]
+SourceURL = Annotated[str, AfterValidator(_check_source)]
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error", "critical"],
+    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyConfig(_Strict):
+    """How many sessions a scaler wants for a queue depth (see controller/policy.py)."""
+
+    work_per_session: int = Field(1, ge=1, description="units of work one session serves")
+    min_sessions: int = Field(0, ge=0, description="floor while the source reads fine")
+    max_sessions: int = Field(20, ge=1, description="hard cap on open + opening sessions")
+    activation: int = Field(
+        1, ge=1, description="units of work (waiting + in flight) that wake a scaler at zero"
+    )
+    max_opens_per_tick: int = Field(20, ge=1, description="scale-up step per tick")
+    scale_down_delay: Duration = Field(
+        10.0, description="target is the max over this window before sessions are closed"
+    )
+    error_hold: Duration = Field(
+        60.0, description="after a failed read, hold the current count this long"
+    )
+    fallback_sessions: int | None = Field(
+        None, ge=0, description="sessions to keep once error_hold has passed (unset: keep holding)"
+    )
+    max_cost_per_hour: float | None = Field(None, gt=0, description="budget cap, $/hour")
+    price_per_session_hour: float | None = Field(
+        None, gt=0, description="$/hour one session costs; needed with max_cost_per_hour"
+    )
+    paused: bool = Field(False, description="freeze the session count")
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> "PolicyConfig":
+        if self.max_sessions < self.min_sessions:
+            raise ValueError(f"max_sessions: must be >= min_sessions ({self.min_sessions})")
+        if self.max_cost_per_hour is not None and self.price_per_session_hour is None:
+            raise ValueError("price_per_session_hour: required when max_cost_per_hour is set")
+        return self
+
+
+class SessionConfig(_Strict):
+    """How the scaler opens, keeps and ends its Vast sessions (see controller/sessions.py)."""
+
+    lease_seconds: Duration = Field(
+        60.0, ge=10, description="session lifetime, renewed while wanted; bounds leaked GPU time"
+    )
+    session_cost: int = Field(100, gt=0, description="cost units each session asks the endpoint for")
+    open_timeout: Duration = Field(
+        600.0, gt=0, description="how long one open waits for a worker before it fails"
+    )
+    max_concurrent_opens: int = Field(16, ge=1, description="opens in progress at once, per endpoint")
+    callback_url: HttpURL | None = Field(
+        None,
+        description="http(s) URL of this controller's HTTP server for on_close_route callbacks "
+        "(unset: releases are found by polling)",
+    )
+    on_shutdown: Literal["release", "keep"] = Field(
+        "release", description="release: close every session on exit; keep: let leases expire"
+    )
+    reservation: Literal["session", "reserve"] = Field(
+        "session", description="session: Vast sessions; reserve: the legacy held POST /reserve"
+    )
+    reserve_duration: Duration = Field(
+        3600.0, gt=0, description="longest one reservation is held (reservation: reserve)"
+    )
+
+
+class ScalerConfig(_Strict):
+    """One queue source + one Vast endpoint + one policy."""
+
+    name: ScalerName = Field(description=f"the scaler's name: {NAME_RULE}")
+    source: SourceURL = Field(
+        description="queue source URL (redis://, rediss://, sqs://, https://sqs..., nats://)"
+    )
+    endpoint: str = Field(min_length=1, description="name of the Vast Serverless endpoint")
+    poll_interval: Duration = Field(1.0, gt=0, description="time between depth reads")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scaling rules")
+    session: SessionConfig = Field(default_factory=SessionConfig, description="session handling")
+
+
+def _api_key_optional_in_schema(schema: dict[str, Any]) -> None:
+    # api_key may come from api_key_file or VAST_API_KEY instead.
+    schema["required"] = [r for r in schema.get("required", []) if r != "api_key"]
+
+
+class VastConfig(_Strict):
+    """The Vast account and where its API lives."""
+
+    model_config = ConfigDict(json_schema_extra=_api_key_optional_in_schema)
+
+    api_key: SecretStr = Field(
+        description="Vast account API key (or api_key_file, or the VAST_API_KEY variable)"
+    )
+    api_key_file: Path | None = Field(
+        None, description="file holding the API key (read at start, whitespace stripped)"
+    )
+    url: HttpURL | None = Field(
+        None,
+        description="one base URL for Vast's web API and autoscaler, e.g. the local emulator "
+        "http://127.0.0.1:8080 (unset: production)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_key_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        key, key_file = data.get("api_key"), data.get("api_key_file")
+        if key is not None and key_file is not None:
+            raise ValueError("api_key: set either api_key or api_key_file, not both")
+        if key_file is not None:
+            return {**data, "api_key": _read_secret_file(key_file)}
+        if key is None:
+            raise ValueError(
+                "api_key: required: set vast.api_key, vast.api_key_file, "
+                "or the VAST_API_KEY environment variable"
+            )
+        if isinstance(key, str) and not key.strip():
+            raise ValueError("api_key: must not be empty")
+        return data
+
+    @property
+    def webserver_url(self) -> str:
+        return self.url or PRODUCTION_WEBSERVER_URL
+
+    @property
+    def autoscaler_url(self) -> str:
+        return self.url or PRODUCTION_AUTOSCALER_URL
+
+
+def _read_secret_file(path: object) -> str:
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"api_key_file: {path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"api_key_file: {path} is empty")
+    return text
+
+
+def _vast_optional_in_schema(schema: dict[str, Any]) -> None:
+    # A file needs no vast: block when VAST_API_KEY is set.
+    schema["required"] = [r for r in schema.get("required", []) if r != "vast"]
+
+
+class Config(BaseSettings):
+    """The whole controller: its scalers, the Vast account, and where it serves metrics.
+
+    `load_config()` layers the file, environment and flags; the model itself validates exactly
+    what it is given (its env settings drive the loader's EnvSettingsSource).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="VQS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_vast_optional_in_schema,
+    )
+
+    scalers: list[ScalerConfig] = Field(
+        min_length=1, description="the scalers this controller runs (names unique)"
+    )
+    vast: VastConfig = Field(description="the Vast account")
+    metrics_port: int = Field(9464, ge=1, le=65535, description="port of the HTTP server")
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="address the HTTP server binds (0.0.0.0: all)"
+    )
+    state_dir: Path = Field(Path("state"), description="directory of the session ledger")
+    log_level: LogLevel = Field("info", description="debug, info, warning, error or critical")
+    log_format: Literal["json", "text"] = Field("text", description="json: one object per line")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _check_unique_names(self) -> "Config":
+        first: dict[str, int] = {}
+        problems = []
+        for index, scaler in enumerate(self.scalers):
+            if scaler.name in first:
+                problems.append(
+                    f"scalers[{index}].name: duplicate name {scaler.name!r} "
+                    f"(also scalers[{first[scaler.name]}])"
+                )
+            first.setdefault(scaler.name, index)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file."""
+    return Config.model_json_schema()
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; str() is a header line plus one line per problem."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"invalid configuration {self.origin} ({count} problem{'s' * (count != 1)}):"
+        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
+
+
+def load_config(path: str | Path | None = None, metrics_port: int | None = None) -> Config:
+    """Load the YAML file (or $VQS_CONFIG, or the env-only form) with environment overrides.
+
+    `metrics_port` (the --metrics-port flag) beats both. Raises ConfigError listing every problem.
+    """
+    from controller.config_load import load  # the loader imports these models
+
+    return load(path, metrics_port)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Duration",
+    "PolicyConfig",
+    "ScalerConfig",
+    "SessionConfig",
+    "VastConfig",
+    "json_schema",
+    "load_config",
+    "parse_duration",
+    "redact",
+]

@@ -1,0 +1,206 @@
+"""The thin adapter over the `vastai` SDK: the only module that imports it.
+
+It builds the client (offline-safe SSL context for plain-http emulators), keeps the SDK's own
+loggers quiet (at DEBUG they print route responses, which carry `auth_data`), and maps the SDK's
+untyped exceptions onto the few outcomes the session pool acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from vastai import Serverless
+
+log = logging.getLogger(__name__)
+
+# The SDK logs every failed open at ERROR and whole responses (with auth_data) at DEBUG.
+for _name in ("vastai", "Serverless", "CoroutineServerless"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
+
+_HTTP_STATUS = re.compile(r"HTTP (\d{3})")
+#: Worker answers that mean the session no longer exists (see the worker library's statuses).
+_GONE_STATUSES = {400, 401, 404, 410}
+
+
+class VastError(Exception):
+    """A Vast call failed; `kind` says how the caller should react."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.kind = kind  # rate_limited | server_error | timeout | rejected | unavailable
+        self.status = status
+
+
+class SessionGone(Exception):
+    """The worker says the session does not exist any more (ended, expired or released)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrantedSession:
+    session_id: str
+    auth_data: dict[str, Any]
+    expires_at: float
+    lifetime: float
+
+    @property
+    def worker_url(self) -> str:
+        return str(self.auth_data.get("url", ""))
+
+
+def _classify(exc: BaseException) -> VastError:
+    """Turn an SDK exception into a VastError; the SDK only gives us its message text."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return VastError("timeout", "timed out waiting for Vast")
+    text = str(exc)
+    match = _HTTP_STATUS.search(text)
+    status = int(match.group(1)) if match else None
+    if status == 429:
+        return VastError("rate_limited", "Vast answered 429 (too many requests)", status)
+    if status is not None and status >= 500:
+        return VastError("server_error", f"Vast answered HTTP {status}", status)
+    if status is not None:
+        return VastError("rejected", f"Vast answered HTTP {status}", status)
+    return VastError("unavailable", f"Vast unreachable: {type(exc).__name__}")
+
+
+class VastEndpoint:
+    """One Vast Serverless endpoint, seen through the SDK."""
+
+    def __init__(self, client: Serverless, name: str):
+        self._client = client
+        self.name = name
+        self._endpoint: Any = None
+
+    async def _get(self) -> Any:
+        if self._endpoint is None:
+            try:
+                self._endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), 30)
+            except Exception as exc:
+                if "could not be found" in str(exc):
+                    raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
+                raise _classify(exc) from None
+        return self._endpoint
+
+    async def open_session(
+        self,
+        *,
+        cost: float,
+        lifetime: float,
+        timeout: float,
+        on_close_route: str | None = None,
+        on_close_payload: dict[str, Any] | None = None,
+    ) -> GrantedSession:
+        """Route, wait for a worker with room, and create a session on it."""
+        endpoint = await self._get()
+        try:
+            session = await endpoint.session(
+                cost=cost,
+                lifetime=lifetime,
+                on_close_route=on_close_route,
+                on_close_payload=on_close_payload,
+                timeout=timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise _classify(exc) from None
+        return GrantedSession(
+            session_id=str(session.session_id),
+            auth_data=dict(session.auth_data),
+            expires_at=float(session.expiration),
+            lifetime=float(lifetime),
+        )
+
+    def _sdk_session(self, endpoint: Any, record: GrantedSession) -> Any:
+        from vastai.serverless.client.session import Session
+
+        return Session(
+            endpoint=endpoint,
+            session_id=record.session_id,
+            lifetime=record.lifetime,
+            expiration=str(record.expires_at),
+            url=record.worker_url,
+            auth_data=record.auth_data,
+        )
+
+    async def get_session(self, record: GrantedSession, timeout: float = 10.0) -> float:
+        """The session's current expiration; SessionGone when the worker no longer has it."""
+        endpoint = await self._get()
+        try:
+            info = await endpoint.get_session(record.session_id, record.auth_data, timeout=timeout)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise self._gone_or_error(exc) from None
+        return float(info.expiration)
+
+    async def keep_alive(self, record: GrantedSession, timeout: float = 10.0) -> None:
+        """One request inside the session (`/ping`): the worker extends it by one lifetime."""
+        endpoint = await self._get()
+        session = self._sdk_session(endpoint, record)
+        try:
+            result = await asyncio.wait_for(
+                endpoint.request("/ping", {}, session=session, retry=False), timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise self._gone_or_error(exc) from None
+        status = result.get("status") if isinstance(result, dict) else None
+        if status in _GONE_STATUSES:
+            raise SessionGone(record.session_id)
+        if not (isinstance(result, dict) and result.get("ok")):
+            raise VastError("server_error", f"keep-alive answered HTTP {status}", status)
+
+    async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> None:
+        """End the session on its worker; a session already gone counts as closed."""
+        endpoint = await self._get()
+        try:
+            await asyncio.wait_for(
+                self._client.end_endpoint_session(self._sdk_session(endpoint, record), timeout), timeout + 1
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            error = self._gone_or_error(exc)
+            if not isinstance(error, SessionGone):
+                raise error from None
+
+    @staticmethod
+    def _gone_or_error(exc: BaseException) -> Exception:
+        text = str(exc)
+        if "session does not exist" in text or "not found" in text or "already closed" in text:
+            return SessionGone(text)
+        if isinstance(exc, ValueError) and "closed session" in text:
+            return SessionGone(text)
+        if isinstance(exc, ConnectionError):
+            return VastError("unavailable", "the session's worker is unreachable")
+        error = _classify(exc)
+        if error.status in _GONE_STATUSES:
+            return SessionGone(text)
+        return error
+
+
+class VastClient:
+    """Owns the SDK client; hands out `VastEndpoint`s by name."""
+
+    def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str):
+        if not api_key:
+            raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
+        self._client = Serverless(
+            api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url
+        )
+        if webserver_url.startswith("http://") and autoscaler_url.startswith("http://"):
+            # The SDK would download Vast's root certificate first, even for plain http.
+            self._client._ssl_context = ssl.create_default_context()
+
+    def endpoint(self, name: str) -> VastEndpoint:
+        return VastEndpoint(self._client, name)
+
+    async def close(self) -> None:
+        await self._client.close()

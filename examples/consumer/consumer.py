@@ -1,0 +1,192 @@
+"""Reference queue consumer that runs beside Vast's null PyWorker on an instance.
+
+Loop: take one unit from the queue, work, ack, then release this worker's session with
+`POST http://127.0.0.1:$NULL_CONTROL_PORT/release`, so the controller's open sessions keep matching
+the work in flight. It also serves `GET /health` for the worker's `BACKEND_HEALTH_URL`.
+
+Environment:
+  QUEUE_URL          redis://host:port/db?stream=KEY&group=GROUP
+                     or redis://host:port/db?list=KEY (processing list KEY:processing:NAME)
+  NULL_CONTROL_PORT  the null worker's control port (default 18999)
+  HEALTH_PORT        where /health is served (default 9090; 0 = off)
+  CONSUMER_NAME      default: VAST_WORKER_ID, CONTAINER_ID or the host name
+  RESULTS_KEY        optional Redis list that receives one JSON line per finished unit
+  CLAIM_IDLE_SECONDS stream units pending longer than this on a dead consumer are taken over (300)
+
+Only the `redis` package and the standard library are needed. Replace `work()` with your own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis.asyncio as redis
+
+log = logging.getLogger("consumer")
+BLOCK_MS = 1000
+
+
+async def work(job: dict[str, Any]) -> None:
+    """The unit of work. The demo's jobs only say how long to take."""
+    await asyncio.sleep(float(job.get("seconds", 1.0)))
+
+
+def release_session(control_port: int, attempts: int = 5) -> None:
+    """End this worker's session; retried because a missed release holds a GPU for a lease."""
+    url = f"http://127.0.0.1:{control_port}/release"
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=5):
+                return
+        except OSError as exc:
+            log.warning("release failed (attempt %d): %s", attempt + 1, exc)
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+
+
+def serve_health(port: int) -> ThreadingHTTPServer:
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            ok = self.path.rstrip("/") == "/health"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}' if ok else b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class StreamQueue:
+    """A Redis stream read through a consumer group: XREADGROUP, XACK, XAUTOCLAIM for the dead."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, name: str, claim_idle: float):
+        self.client, self.stream, self.group, self.name = client, stream, group, name
+        self.claim_idle_ms = int(claim_idle * 1000)
+
+    async def setup(self) -> None:
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def take(self) -> tuple[str, dict[str, Any]] | None:
+        _, claimed, _ = await self.client.xautoclaim(
+            self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=1
+        )
+        if claimed:
+            entry_id, fields = claimed[0]
+            return entry_id, fields
+        reply = await self.client.xreadgroup(self.group, self.name, {self.stream: ">"}, count=1, block=BLOCK_MS)
+        if not reply:
+            return None
+        entry_id, fields = reply[0][1][0]
+        return entry_id, fields
+
+    async def ack(self, entry_id: str) -> None:
+        await self.client.xack(self.stream, self.group, entry_id)
+
+
+class ListQueue:
+    """The reliable-list pattern: BLMOVE into this consumer's processing list, LREM when done."""
+
+    def __init__(self, client: redis.Redis, key: str, name: str):
+        self.client, self.key = client, key
+        self.processing = f"{key}:processing:{name}"
+
+    async def setup(self) -> None:
+        # Units a previous run of this consumer took but never finished go back to the queue.
+        while await self.client.lmove(self.processing, self.key, "RIGHT", "RIGHT"):
+            pass
+
+    async def take(self) -> tuple[str, dict[str, Any]] | None:
+        raw = await self.client.blmove(self.key, self.processing, BLOCK_MS / 1000, "RIGHT", "LEFT")
+        return None if raw is None else (raw, json.loads(raw))
+
+    async def ack(self, raw: str) -> None:
+        await self.client.lrem(self.processing, 1, raw)
+
+
+def open_queue(url: str, name: str, claim_idle: float) -> tuple[redis.Redis, StreamQueue | ListQueue]:
+    parts = urlsplit(url)
+    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    client = redis.from_url(
+        urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+        decode_responses=True,
+        socket_timeout=BLOCK_MS / 1000 + 5,
+        socket_connect_timeout=5,
+    )
+    if "stream" in params:
+        return client, StreamQueue(client, params["stream"], params.get("group", "workers"), name, claim_idle)
+    if "list" in params:
+        return client, ListQueue(client, params["list"], name)
+    raise SystemExit("QUEUE_URL needs ?stream=KEY&group=GROUP or ?list=KEY")
+
+
+async def consume(stop: asyncio.Event) -> None:
+    name = os.environ.get("CONSUMER_NAME") or os.environ.get("VAST_WORKER_ID") or os.environ.get(
+        "CONTAINER_ID"
+    ) or socket.gethostname()
+    control_port = int(os.environ.get("NULL_CONTROL_PORT", "18999"))
+    results_key = os.environ.get("RESULTS_KEY")
+    client, queue = open_queue(
+        os.environ["QUEUE_URL"], name, float(os.environ.get("CLAIM_IDLE_SECONDS", "300"))
+    )
+    await queue.setup()
+    log.info("consumer %s started", name)
+    while not stop.is_set():
+        try:
+            taken = await queue.take()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("queue unreachable: %s", exc)
+            await asyncio.sleep(1)
+            continue
+        if taken is None:
+            continue
+        handle, job = taken
+        started = time.time()
+        await work(job)  # a unit once started is finished, even when asked to stop
+        await queue.ack(handle)
+        if results_key:
+            result = {**job, "worker": name, "started_at": started, "finished_at": time.time()}
+            await client.rpush(results_key, json.dumps(result))
+        await asyncio.to_thread(release_session, control_port)
+    await client.aclose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s consumer %(levelname)s %(message)s")
+    health_port = int(os.environ.get("HEALTH_PORT", "9090"))
+    health = serve_health(health_port) if health_port else None
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await consume(stop)
+
+    try:
+        asyncio.run(run())
+    finally:
+        if health is not None:
+            health.shutdown()
+
+
+if __name__ == "__main__":
+    main()
