@@ -1,0 +1,162 @@
+"""Prometheus metric definitions and the methods the loop and the session pools record through.
+
+Every `Metrics()` owns its own CollectorRegistry (never the global one), so one process or one
+test can hold many. Per-scaler metrics carry the label `scaler`; a scaler's counters are created
+at zero the first time it records anything, so rate() works from its first scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from controller import __version__
+from controller.policy import Decision, Supply
+from controller.sources import QueueDepth
+
+#: Depth reads and loop ticks: milliseconds when healthy, up to the source timeout when not.
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Request to granted: a warm worker answers in well under a second, a cold start takes minutes.
+OPEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 450, 600)
+
+DECISION_ACTIONS = ("scale_up", "scale_down", "none")
+CLOSE_REASONS = ("closed", "cancelled", "released", "expired", "shutdown")
+KEEPALIVE_RESULTS = ("ok", "gone", "error")
+
+
+def decision_action(decision: Decision) -> str:
+    """scale_up when it opens, scale_down when it cancels or closes, else none."""
+    if decision.open > 0:
+        return "scale_up"
+    if decision.cancel > 0 or decision.close > 0:
+        return "scale_down"
+    return "none"
+
+
+class Metrics:
+    """The controller's metrics, in their own registry (`.registry`)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._scalers: set[str] = set()
+        Info("vqs_build", "Version of the running controller.", registry=self.registry).info(
+            {"version": __version__}
+        )
+        gauge, counter = self._per_scaler(Gauge), self._per_scaler(Counter)
+        histogram = self._per_scaler(Histogram)
+        # The loop: what the queue holds, what the policy wants, how the reads go.
+        self.queue_waiting = gauge("vqs_queue_waiting", "Units of work waiting, at the last good read.")
+        self.queue_in_flight = gauge(
+            "vqs_queue_in_flight", "Units of work taken, not yet acked, at the last good read."
+        )
+        self.target_sessions = gauge("vqs_target_sessions", "Sessions the policy wants.")
+        self.sessions_open = gauge("vqs_sessions_open", "Sessions granted and held.")
+        self.sessions_opening = gauge("vqs_sessions_opening", "Sessions requested, not yet granted.")
+        self.decisions = counter("vqs_decisions_total", "Policy decisions, by action.", "action")
+        self.read_errors = counter("vqs_source_read_errors_total", "Queue depth reads that failed.")
+        self.read_duration = histogram(
+            "vqs_source_read_duration_seconds",
+            "Queue depth read time, failed reads included.",
+            buckets=FAST_BUCKETS,
+        )
+        self.loop_duration = histogram("vqs_loop_duration_seconds", "Time of one tick.", buckets=FAST_BUCKETS)
+        self.last_read = gauge(
+            "vqs_last_successful_read_timestamp_seconds", "Unix time of the last good read."
+        )
+        self.paused = gauge("vqs_paused", "1 while the scaler's policy is paused.")
+        # The session pools: what sessions cost and how they come and go.
+        self.opened = counter("vqs_sessions_opened_total", "Sessions granted.")
+        self.closed = counter("vqs_sessions_closed_total", "Sessions ended, by reason.", "reason")
+        self.open_failures = counter(
+            "vqs_session_open_failures_total", "Failed open attempts (each is retried), by reason.", "reason"
+        )
+        self.open_duration = histogram(
+            "vqs_session_open_duration_seconds", "Request to grant: the cold start.", buckets=OPEN_BUCKETS
+        )
+        self.keepalives = counter(
+            "vqs_keepalives_total", "Session keep-alives and checks, by result.", "result"
+        )
+        self.ledger_writes = counter("vqs_ledger_writes_total", "Session ledger writes.")
+        self.adopted = counter("vqs_sessions_adopted_total", "Sessions re-adopted from the ledger at start.")
+        self.held_seconds = counter("vqs_session_seconds_total", "Session-seconds held: what the GPUs cost.")
+
+    def _per_scaler(self, kind: Any) -> Callable[..., Any]:
+        """A constructor of `kind` metrics in this registry, labelled by scaler (and `labels`)."""
+
+        def make(name: str, documentation: str, *labels: str, **options: Any) -> Any:
+            return kind(name, documentation, ["scaler", *labels], registry=self.registry, **options)
+
+        return make
+
+    def _scaler(self, scaler: str) -> str:
+        """Create a scaler's series at zero on first sight."""
+        if scaler not in self._scalers:
+            self._scalers.add(scaler)
+            plain = (self.read_errors, self.opened, self.ledger_writes, self.adopted, self.held_seconds)
+            for counter in plain:
+                counter.labels(scaler)
+            for labelled, values in (
+                (self.decisions, DECISION_ACTIONS),
+                (self.closed, CLOSE_REASONS),
+                (self.keepalives, KEEPALIVE_RESULTS),
+            ):
+                for value in values:
+                    labelled.labels(scaler, value)
+            self.paused.labels(scaler)
+        return scaler
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def record_read(self, scaler: str, depth: QueueDepth | None, seconds: float, now: float) -> None:
+        """One depth read; `depth=None` is a failed read (the queue gauges keep their last value)."""
+        scaler = self._scaler(scaler)
+        self.read_duration.labels(scaler).observe(seconds)
+        if depth is None:
+            self.read_errors.labels(scaler).inc()
+            return
+        self.queue_waiting.labels(scaler).set(depth.waiting)
+        self.queue_in_flight.labels(scaler).set(depth.in_flight)
+        self.last_read.labels(scaler).set(now)
+
+    def record_decision(self, scaler: str, decision: Decision, supply: Supply) -> None:
+        """One policy decision and the supply it was made on."""
+        scaler = self._scaler(scaler)
+        self.target_sessions.labels(scaler).set(decision.target)
+        self.sessions_open.labels(scaler).set(supply.open)
+        self.sessions_opening.labels(scaler).set(supply.opening)
+        self.decisions.labels(scaler, decision_action(decision)).inc()
+
+    def record_loop(self, scaler: str, seconds: float) -> None:
+        self.loop_duration.labels(self._scaler(scaler)).observe(seconds)
+
+    def set_paused(self, scaler: str, paused: bool) -> None:
+        self.paused.labels(self._scaler(scaler)).set(1 if paused else 0)
+
+    # -- the session pools ---------------------------------------------------------------------
+
+    def session_opened(self, scaler: str, seconds: float) -> None:
+        """A session was granted `seconds` after it was requested."""
+        scaler = self._scaler(scaler)
+        self.opened.labels(scaler).inc()
+        self.open_duration.labels(scaler).observe(seconds)
+
+    def session_closed(self, scaler: str, reason: str) -> None:
+        self.closed.labels(self._scaler(scaler), reason).inc()
+
+    def session_open_failed(self, scaler: str, reason: str) -> None:
+        self.open_failures.labels(self._scaler(scaler), reason).inc()
+
+    def keepalive(self, scaler: str, result: str) -> None:
+        self.keepalives.labels(self._scaler(scaler), result).inc()
+
+    def ledger_written(self, scaler: str) -> None:
+        self.ledger_writes.labels(self._scaler(scaler)).inc()
+
+    def sessions_adopted(self, scaler: str, n: int) -> None:
+        self.adopted.labels(self._scaler(scaler)).inc(n)
+
+    def session_seconds(self, scaler: str, seconds: float) -> None:
+        # A wall clock stepping back yields a negative span; a counter must never go down.
+        self.held_seconds.labels(self._scaler(scaler)).inc(max(0.0, seconds))
