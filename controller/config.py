@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -96,8 +96,45 @@ def _check_source(url: str) -> str:
     return url
 
 
+#: `?prefix=NAME` on `state_url`: the ledger's key prefix, not a redis-py connection option.
+LEDGER_PREFIX_PARAM = "prefix"
+
+
+def split_ledger_prefix(url: str, default: str) -> tuple[str, str]:
+    """`redis://h/0?prefix=farm&db=1` -> (`redis://h/0?db=1`, `farm`)."""
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    prefix = next((v for k, v in pairs if k == LEDGER_PREFIX_PARAM), default)
+    rest = urlencode([(k, v) for k, v in pairs if k != LEDGER_PREFIX_PARAM])
+    return (f"{base}?{rest}" if rest else base), prefix
+
+
+def _check_redis_url(url: str, extra_params: tuple[str, ...] = ()) -> str:
+    """A URL redis-py accepts, checked without connecting (errors show it redacted)."""
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+
+    example = "such as redis://127.0.0.1:6379/0, rediss://host:6380/0 or unix:///run/redis.sock"
+    try:
+        parts = urlsplit(url)
+        options = parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"expected a Redis URL {example}, got {redact(url)!r} ({exc})") from None
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        raise ValueError(f"expected a Redis URL with a host, {example}, got {redact(url)!r}")
+    allowed = [*URL_QUERY_ARGUMENT_PARSERS, *extra_params]
+    unknown = sorted(set(options) - {"host", "port", "db", "path", "username", "password",
+                                     "connection_class", *allowed})
+    if unknown:
+        raise ValueError(f"unknown URL parameter {unknown[0]!r}; expected one of: {', '.join(allowed)}")
+    if LEDGER_PREFIX_PARAM in options and not options[LEDGER_PREFIX_PARAM]:
+        raise ValueError(f"URL parameter {LEDGER_PREFIX_PARAM!r} must not be empty")
+    return url
+
+
 ScalerName = Annotated[str, AfterValidator(_check_name)]
 HttpURL = Annotated[str, AfterValidator(_check_http_url)]
+RedisURL = Annotated[str, AfterValidator(_check_redis_url)]
+StateURL = Annotated[str, AfterValidator(lambda url: _check_redis_url(url, (LEDGER_PREFIX_PARAM,)))]
 SourceURL = Annotated[str, AfterValidator(_check_source)]
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error", "critical"],
@@ -245,6 +282,74 @@ def _read_secret_file(path: object) -> str:
     return text
 
 
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+#: Fields that mean something for one kind of election only.
+_LEADER_FIELDS_OF_KIND = {"url": "redis", "key": "redis", "name": "kubernetes", "namespace": "kubernetes"}
+
+
+class LeaderConfig(_Strict):
+    """Which replica acts when several run the same config (see controller/leader.py)."""
+
+    kind: Literal["none", "redis", "kubernetes"] = Field(
+        "none",
+        description="none: this process always acts (one replica); redis: a lease in Redis; "
+        "kubernetes: a coordination.k8s.io/v1 Lease",
+    )
+    url: RedisURL | None = Field(None, description="Redis URL that holds the lease (kind: redis)")
+    key: str = Field(
+        "vast-queue-scaler:leader",
+        min_length=1,
+        description="Redis key of the lease (kind: redis); its fencing counter is KEY:fence",
+    )
+    name: str = Field(
+        "vast-queue-scaler", description="name of the Lease object (kind: kubernetes)"
+    )
+    namespace: str | None = Field(
+        None, description="namespace of the Lease (kind: kubernetes; unset: the pod's own namespace)"
+    )
+    lease_seconds: Duration = Field(
+        15.0, ge=1, description="a leader that stops renewing is replaced within this"
+    )
+    renew_every: Duration | None = Field(
+        None, gt=0, description="time between renewals, at most lease_seconds / 2 (unset: lease_seconds / 3)"
+    )
+    identity: str | None = Field(
+        None, min_length=1, description="this replica's name in the lease (unset: HOSTNAME-PID)"
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "LeaderConfig":
+        problems = [
+            f"{field}: only used with kind: {kind}"
+            for field, kind in _LEADER_FIELDS_OF_KIND.items()
+            if field in self.model_fields_set and self.kind != kind
+        ]
+        if self.kind == "redis" and self.url is None:
+            problems.append("url: required with kind: redis, e.g. redis://127.0.0.1:6379/0")
+        if self.kind == "kubernetes":
+            for field in ("name", "namespace"):
+                value = getattr(self, field)
+                if value is not None and (len(value) > 253 or not _K8S_NAME.fullmatch(value)):
+                    problems.append(
+                        f"{field}: must be a Kubernetes name (lowercase letters, digits, '-' and '.'), "
+                        f"got {value!r}"
+                    )
+            if not float(self.lease_seconds).is_integer():
+                problems.append("lease_seconds: must be whole seconds with kind: kubernetes")
+        if self.renew_every is not None and self.renew_every > self.lease_seconds / 2:
+            problems.append(
+                f"renew_every: must be at most half of lease_seconds ({self.lease_seconds / 2:g}s), "
+                "so a failed renewal is retried before the lease runs out"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def renew_interval(self) -> float:
+        return self.renew_every if self.renew_every is not None else self.lease_seconds / 3
+
+
 def _vast_optional_in_schema(schema: dict[str, Any]) -> None:
     # A file needs no vast: block when VAST_API_KEY is set.
     schema["required"] = [r for r in schema.get("required", []) if r != "vast"]
@@ -274,6 +379,14 @@ class Config(BaseSettings):
         "127.0.0.1", min_length=1, description="address the HTTP server binds (0.0.0.0: all)"
     )
     state_dir: Path = Field(Path("state"), description="directory of the session ledger")
+    state_url: StateURL | None = Field(
+        None,
+        description="Redis URL of the session ledger instead of state_dir, so a new leader adopts "
+        "the sessions (?prefix=NAME: key prefix, default vast-queue-scaler)",
+    )
+    leader: LeaderConfig = Field(
+        default_factory=LeaderConfig, description="leader election between replicas"
+    )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical")
     log_format: Literal["json", "text"] = Field("text", description="json: one object per line")
 
@@ -296,6 +409,17 @@ class Config(BaseSettings):
             first.setdefault(scaler.name, index)
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _check_state(self) -> "Config":
+        if self.state_url is not None and "state_dir" in self.model_fields_set:
+            raise ValueError("state_dir: set either state_dir or state_url, not both")
+        if self.leader.kind != "none" and self.state_url is None:
+            raise ValueError(
+                f"state_url: required with leader.kind: {self.leader.kind}, so a new leader can "
+                "adopt the sessions the old one opened; set state_url: redis://..."
+            )
         return self
 
 
@@ -331,6 +455,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Duration",
+    "LeaderConfig",
     "PolicyConfig",
     "ScalerConfig",
     "SessionConfig",
