@@ -75,6 +75,15 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from controller.simulation.report import run_cli
+
+    try:
+        return run_cli(everything=args.all, traces=args.trace, policies=args.policy, out=args.out)
+    except ValueError as exc:
+        return _fail(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vast-queue-scaler",
@@ -110,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", choices=["process", "inprocess"], default=None)
     p.add_argument("--cold-start", type=float, default=None, metavar="SECONDS")
     p.set_defaults(func=_cmd_emulator)
+
+    p = sub.add_parser(
+        "simulate", help="replay job traces against our policy and KEDA-style baselines (virtual time)"
+    )
+    p.add_argument(
+        "--all", action="store_true",
+        help="every built-in trace and policy; write results.md, results.png and traces/ to --out",
+    )
+    p.add_argument(
+        "--trace", action="append", metavar="NAME|FILE.csv",
+        help="a built-in trace or a CSV of seconds,jobs[,service_seconds] (repeatable; default: all)",
+    )
+    p.add_argument("--policy", action="append", metavar="NAME", help="a policy (repeatable; default: all)")
+    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all: bench)")
+    p.set_defaults(func=_cmd_simulate)
 
     return parser
 

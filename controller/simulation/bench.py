@@ -1,0 +1,131 @@
+"""The benchmark: every policy on every trace, and the acceptance checks on the results.
+
+A policy row is a name, a label and a `PolicyFactory`; adding a variant of ours (a PolicyConfig)
+or another baseline is one more entry in `POLICIES`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from controller.config import PolicyConfig
+from controller.simulation.measure import PolicyFactory, Result, simulate
+from controller.simulation.oracle import Oracle
+from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours
+from controller.simulation.traces import BUILT_IN, Trace
+from controller.simulation.world import Model
+
+#: The endpoint every policy runs against.
+MODEL = Model()
+
+
+def ours(**fields: Any) -> PolicyFactory:
+    """Our policy with these PolicyConfig fields; max_sessions is the endpoint's cap, as for all."""
+    return lambda model: Ours(PolicyConfig(max_sessions=model.max_workers, **fields))
+
+
+@dataclass(frozen=True)
+class Policy:
+    label: str
+    factory: PolicyFactory
+    ours: bool = False  # the acceptance checks apply to it
+
+
+POLICIES: dict[str, Policy] = {
+    "ours": Policy("ours", ours(), ours=True),
+    "keda-scaledobject": Policy(
+        "KEDA ScaledObject+HPA", lambda m: KedaScaledObject(m.max_workers, m.seed)
+    ),
+    "keda-scaledjob": Policy("KEDA ScaledJob default", lambda m: KedaScaledJob("default", m.max_workers)),
+    "keda-scaledjob-accurate": Policy(
+        "KEDA ScaledJob accurate", lambda m: KedaScaledJob("accurate", m.max_workers)
+    ),
+    "oracle": Policy("oracle", Oracle),
+}
+BASELINES = ("keda-scaledobject", "keda-scaledjob", "keda-scaledjob-accurate")
+#: Traces where ours must beat every KEDA baseline on both p95 wait and cost.
+BOTH_TRACES = ("bursts", "diurnal", "spike")
+#: Traces where ours must cost at most ORACLE_MARGIN times the oracle.
+ORACLE_TRACES = ("bursts", "diurnal")
+#: "Losing no more than 10% on the other".
+MARGIN = 1.10
+ORACLE_MARGIN = 1.15
+#: Closer than this (relative) is a tie, not a win: simulated billing moves by fractions of a
+#: second with event order, which is no difference anyone would pay for.
+TIE = 0.005
+
+
+@cache
+def built_in(name: str) -> Trace:
+    return BUILT_IN[name]()
+
+
+def _run(job: tuple[Trace | str, str, Model]) -> Result:
+    trace, policy, model = job
+    if isinstance(trace, str):
+        trace = built_in(trace)  # built in the worker process: cheaper than pickling it
+    return simulate(trace, POLICIES[policy].factory, model, policy)
+
+
+def run_all(traces: list[Trace | str], policies: list[str], model: Model = MODEL) -> list[Result]:
+    """Every policy on every trace, in parallel processes; results in trace, then policy order."""
+    jobs = [(trace, policy, model) for trace in traces for policy in policies]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        return [_run(job) for job in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_run, jobs))
+
+
+@dataclass(frozen=True)
+class Check:
+    trace: str
+    policy: str  # one of ours
+    against: str  # a baseline, or the oracle
+    rule: str
+    passed: bool
+    detail: str
+
+
+def checks(results: list[Result]) -> list[Check]:
+    """The acceptance rules, for each of our rows on each trace."""
+    found: list[Check] = []
+    by_key = {(r.trace, r.policy): r for r in results}
+    for (trace, name), result in by_key.items():
+        if not POLICIES[name].ours:
+            continue
+        for baseline in BASELINES:
+            other = by_key.get((trace, baseline))
+            if other is not None:
+                found.append(_against_baseline(result, other, both=trace in BOTH_TRACES))
+        oracle = by_key.get((trace, "oracle"))
+        if oracle is not None and trace in ORACLE_TRACES:
+            ratio = _ratio(result.cost, oracle.cost)
+            found.append(
+                Check(trace, name, "oracle", f"cost <= {ORACLE_MARGIN:.2f} x oracle",
+                      ratio <= ORACLE_MARGIN, f"cost ratio {ratio:.3f}")
+            )
+    return found
+
+
+def _against_baseline(ours_: Result, other: Result, both: bool) -> Check:
+    wait_ratio = _ratio(ours_.wait_p95, other.wait_p95)
+    cost_ratio = _ratio(ours_.cost, other.cost)
+    wins_wait, wins_cost = wait_ratio < 1 - TIE, cost_ratio < 1 - TIE
+    detail = f"p95 {ours_.wait_p95:.1f} vs {other.wait_p95:.1f} s, cost ratio {cost_ratio:.3f}"
+    if both:
+        return Check(ours_.trace, ours_.policy, other.policy, "better p95 and cost",
+                     wins_wait and wins_cost, detail)
+    passed = (wins_wait and cost_ratio <= MARGIN) or (wins_cost and wait_ratio <= MARGIN)
+    return Check(ours_.trace, ours_.policy, other.policy,
+                 f"better p95 or cost, the other within {MARGIN - 1:.0%}", passed, detail)
+
+
+def _ratio(value: float, base: float) -> float:
+    if base == 0:
+        return 1.0 if value == 0 else float("inf")
+    return value / base

@@ -1,0 +1,166 @@
+"""The policies under test: ours (the real `controller.policy.decide`) and the KEDA baselines.
+
+Each is a `Controller`: the world calls `tick(now, world)` and waits the returned delay. The
+baselines follow KEDA 2.x and the Kubernetes HPA at their defaults, mapped onto Vast sessions
+(a replica or a Job is one session on one worker):
+
+- ScaledObject + HPA: KEDA polls every 30 s and does only 0 <-> 1 (1 as soon as the metric is
+  above its activation value 0; 0 once it was inactive for the 300 s cooldown). The HPA syncs every
+  15 s and reads the metric fresh (KEDA's metrics adapter queries the scaler on each HPA read):
+  desired = ceil(metric / 1) unless within the 10% tolerance of the current count, at least 1;
+  scale-up at most max(2 x current, current + 4) per sync; scale-down to the highest desired count
+  of the last 300 s. Replicas are long-lived consumers. Surplus removes pending replicas first,
+  then ready ones by the ReplicaSet's rule: shortest time ready in log2 buckets, ties at random,
+  never looking at who is busy, so busy workers are killed and their jobs requeued.
+- ScaledJob: every 30 s, maxScale = min(queue length, max); `default` creates maxScale - running
+  Jobs (running = unfinished, pending included), `accurate` creates maxScale - pending (or
+  max - running near the cap). Each strategy reads the queue length its documentation asks for:
+  default counts locked (in-flight) messages, accurate only the waiting ones. A Job takes one
+  message (or finds none) and exits; Jobs are never deleted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import Literal
+
+from controller.config import PolicyConfig
+from controller.policy import PolicyState, Supply, decide
+from controller.simulation.world import Consumer, World
+from controller.sources import QueueDepth
+
+
+class Ours:
+    """The controller's loop: read the depth, `decide()`, cancel youngest, close youngest, open."""
+
+    consumer = Consumer.REFERENCE
+
+    def __init__(self, config: PolicyConfig, poll_interval: float = 1.0):
+        self.config = config
+        self.poll_interval = poll_interval
+        self.state = PolicyState()
+
+    def tick(self, now: float, world: World) -> float:
+        depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight)
+        supply = Supply(open=world.sessions_open, opening=world.sessions_opening)
+        decision = decide(depth, supply, self.config, now, self.state)
+        self.state = decision.state
+        # SessionPool.apply's order: cancel the youngest requests, close the youngest sessions.
+        world.cancel_youngest(decision.cancel)
+        world.close_youngest(decision.close)
+        world.open(decision.open)
+        return self.poll_interval
+
+
+class KedaScaledObject:
+    """KEDA ScaledObject driving an HPA, both at their defaults (see the module docstring)."""
+
+    consumer = Consumer.LONG_LIVED
+
+    def __init__(
+        self,
+        max_replicas: int,
+        seed: int,
+        polling_interval: float = 30.0,
+        sync_period: float = 15.0,
+        sync_offset: float = 7.5,  # the two loops are not aligned; HPA syncs halfway between polls
+        tolerance: float = 0.1,
+        stabilization: float = 300.0,
+        cooldown: float = 300.0,
+    ):
+        self.max_replicas = max_replicas
+        self.polling_interval = polling_interval
+        self.sync_period = sync_period
+        self.tolerance = tolerance
+        self.stabilization = stabilization
+        self.cooldown = cooldown
+        self.replicas = 0
+        self.last_active: float | None = None
+        self.recommendations: deque[tuple[float, int]] = deque()
+        self.next_poll = 0.0
+        self.next_sync = sync_offset
+        self.rng = random.Random(seed)
+
+    def tick(self, now: float, world: World) -> float:
+        metric = world.waiting + world.in_flight
+        if now >= self.next_poll:
+            self._poll(now, metric)
+            self.next_poll += self.polling_interval
+        if now >= self.next_sync:
+            if self.replicas > 0:  # the HPA does not act on a target scaled to zero
+                self._sync(now, metric)
+            self.next_sync += self.sync_period
+        self._apply(now, world)
+        return min(self.next_poll, self.next_sync) - now
+
+    def _poll(self, now: float, metric: int) -> None:
+        if metric > 0:
+            self.last_active = now
+            self.replicas = max(self.replicas, 1)
+        elif self.replicas and self.last_active is not None and now - self.last_active >= self.cooldown:
+            self.replicas = 0
+
+    def _sync(self, now: float, metric: int) -> None:
+        current = self.replicas
+        desired = current
+        if abs(1 - metric / current) > self.tolerance:
+            desired = math.ceil(metric)
+        desired = max(1, min(self.max_replicas, desired))
+        self.recommendations.append((now, desired))
+        while self.recommendations[0][0] <= now - self.stabilization:
+            self.recommendations.popleft()
+        if desired > current:
+            self.replicas = min(desired, max(2 * current, current + 4), self.max_replicas)
+        else:
+            self.replicas = min(current, max(value for _, value in self.recommendations))
+
+    def _apply(self, now: float, world: World) -> None:
+        have = world.sessions_open + world.sessions_opening
+        if self.replicas > have:
+            world.open(self.replicas - have)
+            return
+        surplus = have - self.replicas
+        pending = min(surplus, world.sessions_opening)
+        world.cancel_youngest(pending)
+        if surplus > pending:
+            world.close(self._victims(now, world, surplus - pending))
+
+    def _victims(self, now: float, world: World, count: int) -> list[int]:
+        def rank(item: tuple[int, float]) -> tuple[int, float]:
+            ready_for = max(1.0, now - item[1])
+            return int(math.log2(ready_for)), self.rng.random()
+
+        return [session for session, _ in sorted(world.granted_at.items(), key=rank)[:count]]
+
+
+class KedaScaledJob:
+    """KEDA ScaledJob, one Job per message, `default` or `accurate` strategy, 30 s polling."""
+
+    consumer = Consumer.ONE_JOB
+
+    def __init__(
+        self,
+        strategy: Literal["default", "accurate"],
+        max_replicas: int,
+        polling_interval: float = 30.0,
+    ):
+        self.strategy = strategy
+        self.max_replicas = max_replicas
+        self.polling_interval = polling_interval
+
+    def tick(self, now: float, world: World) -> float:
+        queue_length = world.waiting + (world.in_flight if self.strategy == "default" else 0)
+        running = world.sessions_open + world.sessions_opening  # unfinished Jobs
+        pending = world.sessions_opening  # Jobs whose pod does not run yet
+        max_scale = min(queue_length, self.max_replicas)
+        if self.strategy == "default":
+            effective = max_scale - running
+        elif max_scale + running > self.max_replicas:
+            effective = self.max_replicas - running
+        else:
+            effective = max_scale - pending
+        if queue_length > 0 and effective > 0:
+            world.open(min(queue_length, effective))
+        return self.polling_interval

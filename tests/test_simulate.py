@@ -1,0 +1,277 @@
+"""The trace simulator: cases with a known answer, the baselines' rules, determinism, output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import controller.policy
+from controller.cli import main
+from controller.simulation import Consumer, Model, Result, Trace, World, simulate
+from controller.simulation import policies as sim_policies
+from controller.simulation.bench import MODEL, POLICIES, checks, ours
+from controller.simulation.policies import KedaScaledJob, KedaScaledObject
+from controller.simulation.traces import BUILT_IN, distribution, read_csv, write_csv
+
+COLD, RESUME, IDLE = 180.0, 30.0, 10.0  # MODEL's cold start, resume and inactivity_timeout
+
+
+def one_job(at: float = 0.0, service: float = 60.0) -> Trace:
+    return Trace.of("one", [(at, service)])
+
+
+def run(trace: Trace, policy: str, model: Model = MODEL) -> Result:
+    return simulate(trace, POLICIES[policy].factory, model, policy)
+
+
+def test_the_model_under_test_is_the_one_these_answers_assume() -> None:
+    assert (MODEL.cold_start, MODEL.resume, MODEL.inactivity_timeout) == ("180", RESUME, IDLE)
+
+
+def test_ours_runs_the_real_policy_function() -> None:
+    assert sim_policies.decide is controller.policy.decide
+
+
+# ---- known answers ------------------------------------------------------------------------------
+
+
+def test_one_job_waits_one_cold_start_and_pays_start_work_and_idle_timeout() -> None:
+    result = run(one_job(at=0.0, service=60.0), "ours")
+    assert result.jobs == 1 and result.unfinished == 0
+    assert result.wait_max == pytest.approx(COLD)
+    assert result.cost == pytest.approx(COLD + 60 + IDLE)
+    assert result.idle == pytest.approx(COLD + IDLE)
+    assert (result.opens, result.interrupted) == (1, 0)
+
+
+def test_a_job_between_polls_waits_for_the_next_poll_too() -> None:
+    assert run(one_job(at=0.4), "ours").wait_max == pytest.approx(0.6 + COLD)  # 1 s polling
+    assert run(one_job(at=1.0), "keda-scaledjob").wait_max == pytest.approx(29 + COLD)  # 30 s
+
+
+def test_the_oracle_has_the_one_job_worker_ready_on_arrival_at_the_same_cost() -> None:
+    result = run(one_job(at=0.0, service=60.0), "oracle")
+    assert result.wait_max == 0.0
+    assert result.cost == pytest.approx(COLD + 60 + IDLE)
+
+
+def test_keda_scaledobject_keeps_its_replica_for_the_cooldown() -> None:
+    # Polls at 0, 30, ...: the last one that sees work is 210 (the job ends at 240); the first
+    # poll 300 s after that scales to zero at 510, and the worker stops 10 s later.
+    result = run(one_job(at=0.0, service=60.0), "keda-scaledobject")
+    assert result.wait_max == pytest.approx(COLD)
+    assert result.cost == pytest.approx(510 + IDLE)
+
+
+def test_constant_sparse_load_cold_starts_once_then_resumes_each_time() -> None:
+    trace = Trace.of("periodic", [(400.0 * k, 50.0) for k in range(5)])
+    result = run(trace, "ours")
+    assert (result.wait_p50, result.wait_max) == (pytest.approx(RESUME), pytest.approx(COLD))
+    assert result.cost == pytest.approx((COLD + 50 + IDLE) + 4 * (RESUME + 50 + IDLE))
+
+
+def test_constant_load_on_one_worker_keeps_every_job_one_cold_start_behind() -> None:
+    # One job every 5 s, each 5 s of work, one worker: the backlog built during the cold start
+    # never drains, and the worker chains jobs without releasing its session.
+    trace = Trace.of("saturated", [(5.0 * k, 5.0) for k in range(100)])
+    result = run(trace, "ours", Model(max_workers=1))
+    assert result.wait_p50 == pytest.approx(COLD) and result.wait_max == pytest.approx(COLD)
+    assert result.cost == pytest.approx(COLD + 100 * 5 + IDLE)
+    assert result.opens == 1
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_zero_load_costs_nothing(policy: str) -> None:
+    result = run(Trace.of("empty", []), policy)
+    assert (result.jobs, result.cost, result.opens, result.wait_max) == (0, 0.0, 0, 0.0)
+
+
+# ---- the world's rules --------------------------------------------------------------------------
+
+
+class Script:
+    """A policy variant is any object with `consumer` and `tick()`: here, a fixed script."""
+
+    consumer = Consumer.REFERENCE
+
+    def __init__(self, steps: dict[float, str]):
+        self.steps = steps
+
+    def tick(self, now: float, world: World) -> float:
+        step = self.steps.get(now)
+        if step == "open":
+            world.open(1)
+        elif step == "close":
+            world.close_youngest(1)
+        return 1.0
+
+
+def test_closing_a_busy_session_interrupts_and_requeues_its_job() -> None:
+    trace = one_job(at=0.0, service=100.0)
+    world = World(trace, MODEL, Script.consumer)
+    # Ready at 180, closed at 250 after 70 s of work, reopened at 255 on the still-idle worker:
+    # the job starts over and the lost 70 s count as waiting.
+    world.run(Script({0.0: "open", 250.0: "close", 255.0: "open"}))
+    assert world.interrupted == 1
+    assert world.finished_at == [pytest.approx(355.0)]
+    assert world.billed_seconds == pytest.approx(355 + IDLE)
+
+
+def test_keda_scaledobject_kills_busy_workers_where_ours_never_does() -> None:
+    steady = BUILT_IN["steady"]()
+    keda, ours_ = run(steady, "keda-scaledobject"), run(steady, "ours")
+    assert keda.interrupted > 0 and keda.unfinished == 0
+    assert ours_.interrupted == 0
+
+
+def test_the_oracle_never_keeps_the_spike_waiting() -> None:
+    assert run(BUILT_IN["spike"](), "oracle").wait_max == 0.0
+
+
+class FakeWorld:
+    """Counts only: what a baseline reads, and what it asks for."""
+
+    def __init__(self, waiting: int, in_flight: int, sessions: int = 0, opening: int = 0):
+        self.waiting, self.in_flight = waiting, in_flight
+        self.granted_at = {n: 0.0 for n in range(sessions)}
+        self.sessions_opening = opening
+        self.opened = 0
+
+    @property
+    def sessions_open(self) -> int:
+        return len(self.granted_at)
+
+    def open(self, count: int) -> None:
+        self.opened += count
+        start = max(self.granted_at, default=-1) + 1
+        self.granted_at.update({start + n: 0.0 for n in range(count)})
+
+    def cancel_youngest(self, count: int) -> None:
+        self.sessions_opening -= count
+
+    def close(self, sessions: list[int]) -> None:
+        for session in sessions:
+            del self.granted_at[session]
+
+
+def hpa_replicas(work: list[tuple[float, int]], until: float) -> list[tuple[float, int]]:
+    """Drive a ScaledObject with (from time, waiting) steps; (time, replicas) after each tick."""
+    keda, world, now, seen = KedaScaledObject(max_replicas=100, seed=1), FakeWorld(0, 0), 0.0, []
+    while now <= until:
+        world.waiting = [units for start, units in work if start <= now][-1]
+        delay = keda.tick(now, world)  # type: ignore[arg-type]
+        seen.append((now, keda.replicas))
+        now += delay
+    return seen
+
+
+def test_hpa_scales_up_by_at_most_double_or_four_per_sync() -> None:
+    counts = [replicas for _, replicas in hpa_replicas([(0.0, 50)], until=90.0)]
+    assert sorted(set(counts)) == [1, 5, 10, 20, 40, 50]
+
+
+def test_hpa_holds_within_its_tolerance() -> None:
+    # 21 units on 20 replicas is a ratio of 1.05: inside the 10% band, so the HPA does nothing.
+    assert hpa_replicas([(0.0, 20), (100.0, 21)], until=200.0)[-1][1] == 20
+
+
+def test_hpa_waits_out_its_stabilization_window_before_scaling_down() -> None:
+    # The last sync that wanted 20 was at 97.5: the HPA keeps 20 until 300 s after it.
+    seen = hpa_replicas([(0.0, 20), (100.0, 1)], until=500.0)
+    assert {r for t, r in seen if 100 < t < 397.5} == {20}
+    assert {r for t, r in seen if t >= 397.5} == {1}
+
+
+def test_keda_cooldown_scales_to_zero_300_s_after_the_last_active_poll() -> None:
+    seen = hpa_replicas([(0.0, 20), (100.0, 0)], until=500.0)
+    assert {r for t, r in seen if 100 < t < 390} == {20}  # last active poll at 90
+    assert {r for t, r in seen if t >= 390} == {0}
+
+
+def test_scaledjob_default_subtracts_running_jobs_accurate_only_pending_ones() -> None:
+    # 80 waiting, 30 Jobs still pending: default makes 80 - 30; near maxReplicaCount 100,
+    # accurate makes 100 - 30 (KEDA's own arithmetic, and its excess jobs).
+    default, accurate = FakeWorld(80, 0, opening=30), FakeWorld(80, 0, opening=30)
+    KedaScaledJob("default", 100).tick(0.0, default)  # type: ignore[arg-type]
+    KedaScaledJob("accurate", 100).tick(0.0, accurate)  # type: ignore[arg-type]
+    assert (default.opened, accurate.opened) == (50, 70)
+
+
+# ---- determinism and traces ---------------------------------------------------------------------
+
+
+def test_same_seed_same_result_other_seed_other_result() -> None:
+    steady = BUILT_IN["steady"]()
+    spread = Model(cold_start="uniform:150:210", seed=3)
+    first, again = simulate(steady, ours(), spread), simulate(steady, ours(), spread)
+    assert first == again
+    assert simulate(steady, ours(), Model(cold_start="uniform:150:210", seed=4)) != first
+    assert BUILT_IN["diurnal"]() == BUILT_IN["diurnal"]()
+
+
+def test_a_trace_survives_its_csv(tmp_path: Path) -> None:
+    trace = BUILT_IN["bursts"]()
+    write_csv(trace, tmp_path / "bursts.csv")
+    again = read_csv(tmp_path / "bursts.csv")
+    assert (again.arrivals, again.services) == (trace.arrivals, trace.services)
+
+
+def test_a_csv_without_service_times_draws_them(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("seconds,jobs\n0,2\n30.5,1\n")
+    trace = read_csv(path, service="uniform:10:20")
+    assert trace.arrivals == (0.0, 0.0, 30.5)
+    assert all(10 <= s <= 20 for s in trace.services)
+    assert read_csv(path, service="uniform:10:20") == trace
+
+
+def test_a_bad_csv_row_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("seconds,jobs\n0,1\nsoon,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: expected numbers"):
+        read_csv(path)
+
+
+def test_a_bad_distribution_says_what_is_accepted() -> None:
+    with pytest.raises(ValueError, match="uniform:LOW:HIGH"):
+        distribution("gaussian:1:2", None)  # type: ignore[arg-type]
+
+
+# ---- the benchmark and the command ---------------------------------------------------------------
+
+
+def result(policy: str, p95: float, cost: float, trace: str = "steady") -> Result:
+    return Result(trace, policy, 1, 0, p95, p95, p95, p95, cost, 0.0, 1, 0, 0.0, 1.0)
+
+
+def test_checks_count_a_tie_as_no_win() -> None:
+    tie_on_cost = [result("ours", 10, 100.2, "spike"), result("keda-scaledjob", 20, 100, "spike")]
+    assert [c.passed for c in checks(tie_on_cost)] == [False]
+    within_margin = [result("ours", 10.9, 50), result("keda-scaledobject", 10, 100)]
+    assert [c.passed for c in checks(within_margin)] == [True]
+    too_slow = [result("ours", 11.1, 50), result("keda-scaledobject", 10, 100)]
+    assert [c.passed for c in checks(too_slow)] == [False]
+
+
+def test_simulate_command_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--trace", "spike", "--policy", "ours", "--policy", "keda-scaledjob",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "## spike" in report and "| KEDA ScaledJob default |" in report
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert read_csv(tmp_path / "traces" / "spike.csv").arrivals == BUILT_IN["spike"]().arrivals
+    assert "## spike" in capsys.readouterr().out
+
+
+def test_simulate_command_takes_a_csv_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("seconds,jobs,service_seconds\n0,3,60\n")
+    assert main(["simulate", "--trace", str(path), "--policy", "ours"]) == 0
+    assert "## mine" in capsys.readouterr().out
+
+
+def test_simulate_command_rejects_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--trace", "spike", "--policy", "magic"]) == 2
+    assert "unknown magic; expected one of ours," in capsys.readouterr().err
