@@ -270,15 +270,15 @@ class VastConfig(_Strict):
         return self.url or PRODUCTION_AUTOSCALER_URL
 
 
-def _read_secret_file(path: object) -> str:
+def _read_secret_file(path: object, field: str = "api_key_file") -> str:
     try:
         text = Path(str(path)).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"api_key_file: {path} is not UTF-8 text") from None
+        raise ValueError(f"{field}: {path} is not UTF-8 text") from None
     if not text:
-        raise ValueError(f"api_key_file: {path} is empty")
+        raise ValueError(f"{field}: {path} is empty")
     return text
 
 
@@ -350,6 +350,10 @@ class LeaderConfig(_Strict):
         return self.renew_every if self.renew_every is not None else self.lease_seconds / 3
 
 
+#: Shortest admin_token accepted.
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
 def _vast_optional_in_schema(schema: dict[str, Any]) -> None:
     # A file needs no vast: block when VAST_API_KEY is set.
     schema["required"] = [r for r in schema.get("required", []) if r != "vast"]
@@ -389,12 +393,39 @@ class Config(BaseSettings):
     )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical")
     log_format: Literal["json", "text"] = Field("text", description="json: one object per line")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token for the admin API's changes (pause, resume, mode; "
+        f"at least {ADMIN_TOKEN_MIN_LENGTH} characters); unset: those routes answer 403",
+    )
+    admin_token_file: Path | None = Field(
+        None, description="file holding admin_token (read at start, whitespace stripped)"
+    )
 
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_admin_token_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        token, token_file = data.get("admin_token"), data.get("admin_token_file")
+        if token is not None and token_file is not None:
+            raise ValueError("admin_token: set either admin_token or admin_token_file, not both")
+        if token_file is not None:
+            token = _read_secret_file(token_file, "admin_token_file")
+            data = {**data, "admin_token": token}
+        # Whoever holds the token can stop the scaling: a guessable one is refused.
+        if isinstance(token, str) and len(token.strip()) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"admin_token: must be at least {ADMIN_TOKEN_MIN_LENGTH} characters, "
+                "e.g. the output of `openssl rand -hex 32`"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_unique_names(self) -> "Config":

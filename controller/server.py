@@ -32,7 +32,8 @@ class MetricsServer:
         self.host = host
         self._requested_port = port
         self._readiness = readiness
-        self._app = web.Application()
+        # Callbacks and admin bodies are tiny; a cap keeps a bad client from buffering megabytes.
+        self._app = web.Application(client_max_size=64 * 1024)
         self._app.add_routes(
             [
                 web.get("/metrics", self._metrics),

@@ -1,0 +1,266 @@
+"""Admin HTTP API on the metrics server: scaler status, recent decisions, pause/resume, act/advise.
+
+Reads are open like /metrics; changes need `Authorization: Bearer <admin_token>` and are off
+when no token is configured. Every answer, errors included, is JSON. Described in docs/openapi.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import hmac
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from controller.policy import Decision, Supply
+from controller.sources import QueueDepth
+
+log = logging.getLogger(__name__)
+
+_Method = Callable[["_AdminAPI", web.Request], Awaitable[web.Response]]
+
+#: Largest request body accepted; the biggest real one ({"mode": "advise"}) is ~20 bytes.
+MAX_BODY = 4096
+#: A client that sends its small body slower than this is cut off (408).
+BODY_TIMEOUT = 5.0
+DECISIONS_KEPT = 200
+MODES = ("act", "advise")
+
+
+class ScalerControl(Protocol):
+    """What the admin API needs of the controller. Unknown names never reach these methods."""
+
+    def names(self) -> list[str]:
+        """Every configured scaler, leading or not."""
+
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per scaler: name, depth, target, sessions, leader, paused, mode, last_read_ok_at."""
+
+    def pause(self, name: str) -> None:
+        """Freeze the scaler's session count (idempotent)."""
+
+    def resume(self, name: str) -> None:
+        """Undo pause (idempotent)."""
+
+    def set_mode(self, name: str, mode: str) -> None:
+        """`act`: apply decisions; `advise`: decide and record only (a dry run)."""
+
+    def decisions(self, scaler: str | None) -> list[dict[str, Any]]:
+        """Recent decisions, oldest first, of one scaler or all."""
+
+
+class DecisionLog:
+    """The last `maxlen` decisions of every scaler, oldest first; the loops append, the API reads."""
+
+    def __init__(self, maxlen: int = DECISIONS_KEPT):
+        self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Add one decision; `entry["scaler"]` names its scaler (see decision_record)."""
+        # A copy: the caller may reuse its dict, and a reader must see what was decided then.
+        self._entries.append(dict(entry))
+
+    def list(self, scaler: str | None = None) -> builtins.list[dict[str, Any]]:
+        return [dict(e) for e in self._entries if scaler is None or e.get("scaler") == scaler]
+
+
+def decision_record(
+    scaler: str,
+    decision: Decision,
+    depth: QueueDepth | None,
+    supply: Supply,
+    *,
+    mode: str,
+    acted: bool,
+    at: float,
+) -> dict[str, Any]:
+    """One tick as a DecisionLog entry, in the shape docs/openapi.yaml gives for GET /decisions."""
+    return {
+        "t": at,
+        "scaler": scaler,
+        "depth": depth.as_dict() if depth is not None else None,
+        "sessions": {"open": supply.open, "opening": supply.opening},
+        "target": decision.target,
+        "to_open": decision.open,
+        "to_cancel": decision.cancel,
+        "to_close": decision.close,
+        "reason": decision.reason,
+        "mode": mode,
+        "acted": acted,
+    }
+
+
+def admin_routes(control: ScalerControl, token: SecretStr | None) -> list[web.RouteDef]:
+    """Routes to pass as MetricsServer(routes=...)."""
+    api = _AdminAPI(control, token)
+    # Each path takes every method so that a wrong one gets a JSON 405, not aiohttp's text one.
+    return [
+        web.route("*", "/status", api.status),
+        web.route("*", "/decisions", api.decisions),
+        web.route("*", "/scalers/{name}/pause", api.pause),
+        web.route("*", "/scalers/{name}/resume", api.resume),
+        web.route("*", "/scalers/{name}/mode", api.mode),
+    ]
+
+
+class _Reject(Exception):
+    """Ends a request with a JSON error."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _only(*methods: str) -> Callable[[_Method], _Method]:
+    """Allow `methods` only, and turn _Reject and any bug into a JSON error."""
+
+    def wrap(handler: _Method) -> _Method:
+        @functools.wraps(handler)
+        async def checked(self: _AdminAPI, request: web.Request) -> web.Response:
+            if request.method not in methods:
+                allowed = ", ".join(methods)
+                return _error(405, f"method {request.method} not allowed; use {allowed}", {"Allow": allowed})
+            try:
+                return await handler(self, request)
+            except _Reject as exc:
+                return _error(exc.status, str(exc), exc.headers)
+            except Exception:
+                log.exception("admin request failed", extra={"method": request.method, "path": request.path})
+                return _error(500, "internal error; see the controller's log")
+
+        return checked
+
+    return wrap
+
+
+class _AdminAPI:
+    def __init__(self, control: ScalerControl, token: SecretStr | None):
+        self._control = control
+        # Bytes, so compare_digest also takes a header with non-ASCII characters.
+        self._token = token.get_secret_value().encode() if token is not None else None
+
+    @_only("GET", "HEAD")
+    async def status(self, request: web.Request) -> web.Response:
+        _check_query(request, ())
+        return web.json_response({"scalers": self._control.status()})
+
+    @_only("GET", "HEAD")
+    async def decisions(self, request: web.Request) -> web.Response:
+        _check_query(request, ("scaler",))
+        scaler = request.query.get("scaler")
+        if scaler is not None:
+            self._known(scaler)
+        return web.json_response({"decisions": self._control.decisions(scaler)})
+
+    @_only("POST")
+    async def pause(self, request: web.Request) -> web.Response:
+        name, _ = await self._mutation(request)
+        self._control.pause(name)
+        log.info("admin: scaler paused", extra={"scaler": name, "remote": request.remote})
+        return self._entry(name)
+
+    @_only("POST")
+    async def resume(self, request: web.Request) -> web.Response:
+        name, _ = await self._mutation(request)
+        self._control.resume(name)
+        log.info("admin: scaler resumed", extra={"scaler": name, "remote": request.remote})
+        return self._entry(name)
+
+    @_only("POST")
+    async def mode(self, request: web.Request) -> web.Response:
+        example = 'such as {"mode": "advise"}'
+        name, raw = await self._mutation(request)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise _Reject(400, f"body: expected a JSON object {example}") from None
+        if not isinstance(body, dict):
+            raise _Reject(400, f"body: expected a JSON object {example}")
+        unknown = sorted(set(body) - {"mode"})
+        if unknown:
+            raise _Reject(400, f"body: unknown key {unknown[0]!r}; expected only 'mode'")
+        mode = body.get("mode")
+        if mode not in MODES:
+            raise _Reject(400, f"mode: expected one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        self._control.set_mode(name, mode)
+        log.info("admin: scaler mode set", extra={"scaler": name, "mode": mode, "remote": request.remote})
+        return self._entry(name)
+
+    async def _mutation(self, request: web.Request) -> tuple[str, bytes]:
+        """Authorize a change; return the scaler it names and the body (capped even if unused)."""
+        self._authorize(request)
+        body = await _read_body(request)
+        name = request.match_info["name"]
+        self._known(name)
+        return name, body
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token is None:
+            raise _Reject(
+                403,
+                "admin changes are off: set admin_token or admin_token_file in the config "
+                "(or VQS_ADMIN_TOKEN), then send Authorization: Bearer <token>",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Constant time, so the token cannot be guessed byte by byte from response times.
+        ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), self._token)
+        if scheme.lower() != "bearer" or not ok:
+            log.warning("admin: rejected request without a valid token",
+                        extra={"path": request.path, "remote": request.remote})
+            raise _Reject(
+                401,
+                "missing or wrong token: send Authorization: Bearer <admin_token>",
+                {"WWW-Authenticate": 'Bearer realm="vast-queue-scaler"'},
+            )
+
+    def _known(self, name: str) -> None:
+        names = self._control.names()
+        if name not in names:
+            raise _Reject(404, f"unknown scaler {name!r}; known: {', '.join(names) or 'none'}")
+
+    def _entry(self, name: str) -> web.Response:
+        entry = next((s for s in self._control.status() if s.get("name") == name), None)
+        return web.json_response(entry)
+
+
+def _check_query(request: web.Request, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        expected = ", ".join(allowed) or "none"
+        raise _Reject(400, f"unknown query parameter {unknown[0]!r}; expected: {expected}")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, at most MAX_BODY bytes (413 beyond), read within BODY_TIMEOUT (408 beyond)."""
+    too_large = _Reject(413, f"body: larger than {MAX_BODY} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_large
+    # Read from the stream, not request.read(): that would accept up to the app's 1 MiB.
+    chunks = bytearray()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while len(chunks) <= MAX_BODY:
+                chunk = await request.content.read(MAX_BODY + 1 - len(chunks))
+                if not chunk:
+                    break
+                chunks += chunk
+    except TimeoutError:
+        raise _Reject(408, f"body: not received within {BODY_TIMEOUT:g} s") from None
+    if len(chunks) > MAX_BODY:
+        raise too_large
+    return bytes(chunks)
