@@ -90,9 +90,12 @@ def _check_http_url(url: str) -> str:
 
 
 def _check_source(url: str) -> str:
-    # TODO(H1): call controller.sources.parse_url once H2 provides it.
-    if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", url, re.IGNORECASE):
-        raise ValueError(f"expected a source URL such as redis://host:6379/0?list=jobs, got {redact(url)!r}")
+    from controller.sources import SourceURLError, from_url
+
+    try:
+        from_url(url)  # parses only; nothing connects
+    except SourceURLError as exc:
+        raise ValueError(str(exc)) from None
     return url
 
 

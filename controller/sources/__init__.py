@@ -6,14 +6,18 @@ and parses its own URL (KEDA's one-file-per-scaler layout).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, runtime_checkable
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
     waiting: int
     in_flight: int
+    #: Seconds the oldest waiting unit has waited, where the queue can tell (else None).
+    oldest_age: float | None = None
 
     @property
     def total(self) -> int:
@@ -46,3 +50,96 @@ class WatchableSource(Source, Protocol):
     """A source that can push: `watch()` yields whenever the queue may have changed."""
 
     def watch(self) -> AsyncIterator[None]: ...
+
+
+#: URL scheme -> module in this package that builds the source.
+_KINDS = {"redis": "redis", "rediss": "redis", "sqs": "sqs", "https": "sqs", "nats": "nats", "tls": "nats"}
+ACCEPTED_URLS = (
+    "redis[s]://[:PASSWORD@]HOST:PORT/DB?list=KEY or ?stream=KEY&group=GROUP, "
+    "sqs://QUEUE?region=REGION, https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE, "
+    "nats|tls://[USER:PASSWORD@]HOST:PORT?stream=STREAM&consumer=CONSUMER"
+)
+
+
+def from_url(url: str, *, timeout: float = 5.0) -> Source:
+    """The source for `url`; nothing connects until the first `depth()`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise SourceURLError(f"not a source URL: {mask_url(str(url))!r}; accepted: {ACCEPTED_URLS}")
+    if not timeout > 0:
+        raise SourceURLError(f"source timeout must be a positive number of seconds, got {timeout!r}")
+    scheme = url.split("://", 1)[0].lower()
+    kind = _KINDS.get(scheme)
+    if kind is None:
+        raise SourceURLError(f"unknown source URL scheme {scheme + '://'!r} in {mask_url(url)!r}; accepted: {ACCEPTED_URLS}")
+    # Imported on demand: the controller only pays for the client library it uses (boto3 is slow to import).
+    module = importlib.import_module(f"{__name__}.{kind}")
+    return module.from_url(url, timeout=timeout)
+
+
+async def read_once(url: str, timeout: float = 5.0) -> QueueDepth:
+    """Make the source, read its depth once, close it."""
+    source = from_url(url, timeout=timeout)
+    try:
+        return await source.depth()
+    finally:
+        await source.close()
+
+
+def mask_url(url: str, *, secret_user: bool = False) -> str:
+    """`url` with its password (or, with `secret_user`, a lone user part such as a token) as `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The authority ends at the first '/', '?' or '#'; its userinfo ends at the last '@' (RFC 3986).
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        # An unencoded '?' or '#' in a password cuts the authority short: hide all before the '@'.
+        hidden = rest.partition("/")[0].rpartition("@")[0]
+        return f"{scheme}://***@{rest[len(hidden) + 1:]}" if hidden else url
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        userinfo = f"{user}:***"
+    elif secret_user:
+        userinfo = "***"
+    return f"{scheme}://{userinfo}@{host}{tail}"
+
+
+def split_url(url: str, kind: str) -> tuple[SplitResult, str]:
+    """(parts, display URL) of `url`; a malformed port is a SourceURLError."""
+    display = mask_url(url, secret_user=kind == "NATS")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:  # its text may quote part of a password that holds an unencoded '#' or '?'
+        raise SourceURLError(f"{kind} source URL {display!r}: the port must be a number from 1 to 65535") from None
+    if parts.fragment:
+        raise SourceURLError(f"{kind} source URL {display!r}: remove the '#...' fragment")
+    return parts, display
+
+
+def query_params(
+    parts: SplitResult, display: str, kind: str, accepted: dict[str, str], repeatable: frozenset[str] = frozenset()
+) -> dict[str, list[str]]:
+    """The query as name -> values; unknown, empty or repeated-but-single names are SourceURLErrors.
+
+    `accepted` maps each name to a short description used in the error message.
+    """
+    listing = ", ".join(accepted.values())
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in accepted:
+            raise SourceURLError(f"{kind} source URL {display!r}: unknown parameter {name!r}; accepted: {listing}")
+        if not value:
+            raise SourceURLError(f"{kind} source URL {display!r}: parameter {name!r} is empty; accepted: {listing}")
+        if name in params and name not in repeatable:
+            raise SourceURLError(f"{kind} source URL {display!r}: parameter {name!r} is given twice")
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the error's type and its message, for SourceError texts."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

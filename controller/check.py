@@ -1,0 +1,87 @@
+"""`check`: read every scaler's source once and print one table row per scaler."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from controller.config import Config, ScalerConfig, redact
+from controller.sources import QueueDepth, from_url
+
+#: A read that takes longer than this counts as failed (sources have their own, shorter timeouts).
+READ_TIMEOUT_SECONDS = 15.0
+_COLUMNS = ("SCALER", "SOURCE", "ENDPOINT", "WAITING", "IN_FLIGHT", "TOTAL")
+
+
+@dataclass(frozen=True)
+class Reading:
+    scaler: ScalerConfig
+    display_url: str
+    depth: QueueDepth | None = None
+    error: str | None = None
+
+
+async def read_scaler(scaler: ScalerConfig, timeout: float = READ_TIMEOUT_SECONDS) -> Reading:
+    """One depth read; any failure becomes the reading's error text, never an exception."""
+    display_url = redact(scaler.source)
+    try:
+        source = from_url(scaler.source)
+    except Exception as exc:  # a source that cannot even be built is a failed row, not a crash
+        return Reading(scaler, display_url, error=_describe(exc))
+    display_url = source.display_url
+    try:
+        depth = await asyncio.wait_for(source.depth(), timeout)
+    except TimeoutError:
+        return Reading(scaler, display_url, error=f"no answer within {timeout:g}s")
+    except Exception as exc:
+        return Reading(scaler, display_url, error=_describe(exc))
+    finally:
+        try:
+            await asyncio.wait_for(source.close(), timeout)
+        except Exception:  # closing is best effort; the reading is what check reports
+            pass
+    return Reading(scaler, display_url, depth=depth)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(" ".join(text.split()))
+
+
+def format_table(readings: list[Reading]) -> str:
+    rows = [list(_COLUMNS)]
+    for reading in readings:
+        cells = [reading.scaler.name, reading.display_url, reading.scaler.endpoint]
+        if reading.depth is not None:
+            depth = reading.depth
+            cells += [str(depth.waiting), str(depth.in_flight), str(depth.total)]
+        else:
+            cells.append(f"ERROR: {reading.error}")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(_COLUMNS))]
+    numeric = {3, 4, 5}
+
+    def line(row: list[str]) -> str:
+        if len(row) < len(_COLUMNS):  # an error row: the message spans the number columns
+            return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
+        return "  ".join(
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)
+        ).rstrip()
+
+    return "\n".join(line(row) for row in rows)
+
+
+async def check(config: Config, out: TextIO | None = None) -> int:
+    """Read every source once, concurrently; 0 when all answered, 1 otherwise."""
+    out = out or sys.stdout
+    readings = list(await asyncio.gather(*(read_scaler(s) for s in config.scalers)))
+    failed = sum(reading.error is not None for reading in readings)
+    print(format_table(readings), file=out)
+    total = len(readings)
+    if failed:
+        print(f"\n{failed} of {total} source{'s' * (total != 1)} failed", file=out)
+        return 1
+    print(f"\nconfig ok; {total} source{'s' * (total != 1)} read", file=out)
+    return 0

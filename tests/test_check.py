@@ -1,0 +1,116 @@
+"""`check`: reads every scaler's real source once, prints a table, exits 1 on any failure."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from controller.check import check
+from controller.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+PASSWORD = "pw-never-shown-42"
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queues(redis_client: aioredis.Redis) -> AsyncIterator[dict[str, str]]:
+    """A list queue with 3 waiting and 2 in a processing list; a stream group with lag 2, pending 1."""
+    tag = uuid.uuid4().hex[:10]
+    names = {"list": f"check:{tag}:jobs", "processing": f"check:{tag}:jobs:processing",
+             "stream": f"check:{tag}:stream", "group": "workers"}
+    await redis_client.rpush(names["list"], *[f"job-{i}" for i in range(5)])
+    for _ in range(2):
+        await redis_client.lmove(names["list"], names["processing"], "LEFT", "RIGHT")
+    await redis_client.xgroup_create(names["stream"], names["group"], id="0", mkstream=True)
+    for i in range(3):
+        await redis_client.xadd(names["stream"], {"n": i})
+    await redis_client.xreadgroup(names["group"], "consumer-1", {names["stream"]: ">"}, count=1)
+    yield names
+    await redis_client.delete(names["list"], names["processing"], names["stream"])
+
+
+def redis_source(query: str) -> str:
+    return f"{REDIS_URL}?{query}"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config_for(*scalers: tuple[str, str]) -> Config:
+    return Config.model_validate({
+        "vast": {"api_key": "k"},
+        "scalers": [{"name": name, "source": source, "endpoint": f"ep-{name}"} for name, source in scalers],
+    })
+
+
+def rows(output: str) -> dict[str, list[str]]:
+    """Table rows by scaler name (the first column)."""
+    table = output.strip().split("\n\n")[0].splitlines()
+    assert table[0].split() == ["SCALER", "SOURCE", "ENDPOINT", "WAITING", "IN_FLIGHT", "TOTAL"]
+    return {line.split()[0]: line.split() for line in table[1:]}
+
+
+async def test_check_reads_every_source(queues: dict[str, str]) -> None:
+    config = config_for(
+        ("list-queue", redis_source(f"list={queues['list']}&processing={queues['processing']}")),
+        ("stream-queue", redis_source(f"stream={queues['stream']}&group={queues['group']}")),
+    )
+    out = io.StringIO()
+    assert await check(config, out=out) == 0
+    table = rows(out.getvalue())
+    assert table["list-queue"][2:] == ["ep-list-queue", "3", "2", "5"]
+    assert table["stream-queue"][2:] == ["ep-stream-queue", "2", "1", "3"]
+    assert "config ok; 2 sources read" in out.getvalue()
+
+
+async def test_a_failed_source_is_a_row_and_exit_1(queues: dict[str, str]) -> None:
+    config = config_for(
+        ("down", f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0?list=jobs"),
+        ("missing-group", redis_source(f"stream={queues['stream']}&group=nobody")),
+        ("fine", redis_source(f"list={queues['list']}")),
+    )
+    out = io.StringIO()
+    assert await check(config, out=out) == 1
+    text = out.getvalue()
+    table = rows(text)
+    assert table["down"][1].startswith("redis://:***@127.0.0.1:")
+    assert table["down"][3] == "ERROR:"
+    assert table["missing-group"][3] == "ERROR:" and "nobody" in " ".join(table["missing-group"])
+    assert table["fine"][3:] == ["3", "0", "3"]
+    assert "2 of 3 sources failed" in text
+    assert PASSWORD not in text
+
+
+def test_cli_check_prints_the_table(tmp_path: Path, queues: dict[str, str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "vast: {api_key_file: key}\n"
+        f"scalers:\n  - name: jobs\n    source: \"{redis_source('list=' + queues['list'])}\"\n    endpoint: ep\n"
+    )
+    (tmp_path / "key").write_text("k\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/vast-queue-scaler"), "check", "--config", str(path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert rows(result.stdout)["jobs"][2:] == ["ep", "3", "0", "3"]
