@@ -113,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config_schema)
 
     p = sub.add_parser("emulator", help="serve a local Vast Serverless emulator")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default=None, help="listen address (default: the config's, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: the config's, else 8080)")
     p.add_argument("--config", help="emulator YAML (endpoints, workers, faults)")
-    p.add_argument("--workers", choices=["process", "inprocess"], default=None)
-    p.add_argument("--cold-start", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--workers", choices=["process", "inprocess"], default=None,
+                   help="worker kind (default: the config's, else inprocess)")  # fmt: skip
+    p.add_argument("--cold-start", type=float, default=None, metavar="SECONDS", help="new workers' boot time")
+    p.add_argument("--worker-flavor", choices=["sessions", "reserve"], default=None,
+                   help="null worker flavor (default: the config's, else sessions)")  # fmt: skip
     p.set_defaults(func=_cmd_emulator)
 
     p = sub.add_parser(

@@ -1,0 +1,35 @@
+"""A thousand concurrent sessions on in-process workers, through one unchanged SDK client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from emulator_support import endpoint_state, max_concurrent_per_worker, sdk
+
+from controller.emulator.testing import running_emulator
+
+SESSIONS = 1000
+
+
+async def test_a_thousand_concurrent_sessions_each_on_its_own_worker():
+    async with running_emulator(max_workers=SESSIONS, cold_start_seconds=0.5, inactivity_timeout=60) as emu:
+        async with sdk(emu, max_poll_interval=2.0) as client:
+            endpoint = await client.get_endpoint("demo")
+            sessions = await asyncio.gather(
+                *(endpoint.session(cost=100, lifetime=120, timeout=60) for _ in range(SESSIONS))
+            )
+            assert len({s.session_id for s in sessions}) == SESSIONS
+            assert len({s.url for s in sessions}) == SESSIONS, "max_sessions=1: one worker each"
+            state = await emu.state()
+            workers = endpoint_state(state)["workers"]
+            assert len(workers) == SESSIONS and {w["state"] for w in workers} == {"idle"}
+            assert sum(len(w["sessions"]) for w in workers) == SESSIONS
+            assert len(await endpoint.get_workers()) == SESSIONS
+
+            await asyncio.gather(*(s.close() for s in sessions))
+            state = await emu.state()
+            assert all(not w["sessions"] for w in endpoint_state(state)["workers"])
+            events = state["session_log"]
+            assert [e["event"] for e in events].count("create") == SESSIONS
+            assert [e["event"] for e in events].count("end") == SESSIONS
+            assert set(max_concurrent_per_worker(events).values()) == {1}
