@@ -44,6 +44,10 @@ class Metrics:
         Info("vqs_build", "Version of the running controller.", registry=self.registry).info(
             {"version": __version__}
         )
+        self.leader = Gauge(
+            "vqs_leader", "1 while this replica is the one that acts (always 1 without election).",
+            registry=self.registry,
+        )
         gauge, counter = self._per_scaler(Gauge), self._per_scaler(Counter)
         histogram = self._per_scaler(Histogram)
         # The loop: what the queue holds, what the policy wants, how the reads go.
@@ -106,6 +110,9 @@ class Metrics:
                     labelled.labels(scaler, value)
             self.paused.labels(scaler)
         return scaler
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
 
     # -- the loop ------------------------------------------------------------------------------
 

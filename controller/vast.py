@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vastai import Serverless
+from vastai.serverless.client.request_status import RequestStatus
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,25 @@ class GrantedSession:
     @property
     def worker_url(self) -> str:
         return str(self.auth_data.get("url", ""))
+
+
+class ReservationTracker(RequestStatus):
+    """The SDK's request status, plus an event set the moment a worker holds the request."""
+
+    HELD = "In Progress"
+
+    def __init__(self) -> None:
+        self.held = asyncio.Event()
+        super().__init__()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "status" and value == self.HELD:
+            self.held.set()
+
+    @property
+    def holding(self) -> bool:
+        return self.status == self.HELD
 
 
 def _classify(exc: BaseException) -> VastError:
@@ -157,8 +177,8 @@ class VastEndpoint:
         if not (isinstance(result, dict) and result.get("ok")):
             raise VastError("server_error", f"keep-alive answered HTTP {status}", status)
 
-    async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> None:
-        """End the session on its worker; a session already gone counts as closed."""
+    async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> bool:
+        """End the session on its worker: True if this call ended it, False if it was already gone."""
         endpoint = await self._get()
         try:
             await asyncio.wait_for(
@@ -170,6 +190,34 @@ class VastEndpoint:
             error = self._gone_or_error(exc)
             if not isinstance(error, SessionGone):
                 raise error from None
+            return False
+        return True
+
+    async def hold_reservation(self, *, cost: float, duration: float, tracker: ReservationTracker) -> None:
+        """Hold one legacy `POST /reserve` until `duration` ends; cancel the task to release it.
+
+        `tracker.held` is set once a worker holds the request.
+        Cancelling drops the connection, which is how the legacy worker learns of the release.
+        """
+        endpoint = await self._get()
+        try:
+            result = await self._client.queue_endpoint_request(
+                endpoint=endpoint,
+                worker_route="/reserve",
+                worker_payload={"duration": duration},
+                serverless_request=tracker,
+                cost=cost,
+                worker_timeout=duration + 60,
+                retry=False,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise _classify(exc) from None
+        status = result.get("status") if isinstance(result, dict) else None
+        if not (isinstance(result, dict) and result.get("ok")):
+            kind = "rate_limited" if status == 429 else "rejected"
+            raise VastError(kind, f"reservation answered HTTP {status}", status)
 
     @staticmethod
     def _gone_or_error(exc: BaseException) -> Exception:

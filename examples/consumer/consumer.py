@@ -1,8 +1,11 @@
 """Reference queue consumer that runs beside Vast's null PyWorker on an instance.
 
-Loop: take one unit from the queue, work, ack, then release this worker's session with
-`POST http://127.0.0.1:$NULL_CONTROL_PORT/release`, so the controller's open sessions keep matching
-the work in flight. It also serves `GET /health` for the worker's `BACKEND_HEALTH_URL`.
+Loop: take one unit from the queue, work, ack; when no next unit is waiting, release this worker's
+session with `POST http://127.0.0.1:$NULL_CONTROL_PORT/release`, so the controller's open sessions
+keep matching the work in flight. Taking the next unit before releasing keeps a busy worker's
+session on that worker instead of handing it back to the router, which might reserve another
+worker and leave this one session-less (Vast stops those after `inactivity_timeout`).
+It also serves `GET /health` for the worker's `BACKEND_HEALTH_URL`.
 
 Environment:
   QUEUE_URL          redis://host:port/db?stream=KEY&group=GROUP
@@ -85,14 +88,15 @@ class StreamQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def take(self) -> tuple[str, dict[str, Any]] | None:
+    async def take(self, wait: bool = True) -> tuple[str, dict[str, Any]] | None:
         _, claimed, _ = await self.client.xautoclaim(
             self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=1
         )
         if claimed:
             entry_id, fields = claimed[0]
             return entry_id, fields
-        reply = await self.client.xreadgroup(self.group, self.name, {self.stream: ">"}, count=1, block=BLOCK_MS)
+        block = BLOCK_MS if wait else None
+        reply = await self.client.xreadgroup(self.group, self.name, {self.stream: ">"}, count=1, block=block)
         if not reply:
             return None
         entry_id, fields = reply[0][1][0]
@@ -114,8 +118,11 @@ class ListQueue:
         while await self.client.lmove(self.processing, self.key, "RIGHT", "RIGHT"):
             pass
 
-    async def take(self) -> tuple[str, dict[str, Any]] | None:
-        raw = await self.client.blmove(self.key, self.processing, BLOCK_MS / 1000, "RIGHT", "LEFT")
+    async def take(self, wait: bool = True) -> tuple[str, dict[str, Any]] | None:
+        if wait:
+            raw = await self.client.blmove(self.key, self.processing, BLOCK_MS / 1000, "RIGHT", "LEFT")
+        else:
+            raw = await self.client.lmove(self.key, self.processing, "RIGHT", "LEFT")
         return None if raw is None else (raw, json.loads(raw))
 
     async def ack(self, raw: str) -> None:
@@ -138,6 +145,16 @@ def open_queue(url: str, name: str, claim_idle: float) -> tuple[redis.Redis, Str
     raise SystemExit("QUEUE_URL needs ?stream=KEY&group=GROUP or ?list=KEY")
 
 
+async def take(queue: StreamQueue | ListQueue, wait: bool) -> tuple[str, dict[str, Any]] | None:
+    try:
+        return await queue.take(wait)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("queue unreachable: %s", exc)
+        if wait:
+            await asyncio.sleep(1)
+        return None
+
+
 async def consume(stop: asyncio.Event) -> None:
     name = os.environ.get("CONSUMER_NAME") or os.environ.get("VAST_WORKER_ID") or os.environ.get(
         "CONTAINER_ID"
@@ -149,13 +166,9 @@ async def consume(stop: asyncio.Event) -> None:
     )
     await queue.setup()
     log.info("consumer %s started", name)
+    taken = None
     while not stop.is_set():
-        try:
-            taken = await queue.take()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("queue unreachable: %s", exc)
-            await asyncio.sleep(1)
-            continue
+        taken = taken or await take(queue, wait=True)
         if taken is None:
             continue
         handle, job = taken
@@ -165,7 +178,9 @@ async def consume(stop: asyncio.Event) -> None:
         if results_key:
             result = {**job, "worker": name, "started_at": started, "finished_at": time.time()}
             await client.rpush(results_key, json.dumps(result))
-        await asyncio.to_thread(release_session, control_port)
+        taken = None if stop.is_set() else await take(queue, wait=False)
+        if taken is None:
+            await asyncio.to_thread(release_session, control_port)
     await client.aclose()
 
 

@@ -1,0 +1,305 @@
+"""`run`: wire sources, session pools, loops and the HTTP server together, and shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import signal
+import time
+import itertools
+from dataclasses import dataclass
+from typing import Awaitable
+
+from aiohttp import web
+
+from controller.admin import DecisionLog, admin_routes
+from controller.config import Config, ScalerConfig
+from controller.leader import LeaderElector, LeaderError, make_elector
+from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
+from controller.logs import setup_logging
+from controller.loop import ScalerLoop
+from controller.metrics import Metrics
+from controller.server import MetricsServer
+from controller.reservations import ReservationPool
+from controller.sessions import SessionPool, backoff
+from controller.sources import Source, from_url
+from controller.vast import VastClient
+
+log = logging.getLogger(__name__)
+
+#: SIGTERM to exit: Kubernetes waits 30 s by default; we promise 15.
+SHUTDOWN_BUDGET = 12.0
+CALLBACK_PATH = "/callbacks/session-closed"
+
+
+Pool = SessionPool | ReservationPool
+
+
+@dataclass
+class Scaler:
+    config: ScalerConfig
+    source: Source
+    pool: Pool
+    loop: ScalerLoop
+
+
+class Controller:
+    """Every scaler of one config, and what they share: the Vast client, metrics, the server.
+
+    Scalers exist only while this replica leads: each leadership term builds them afresh, re-adopts
+    the ledger's sessions and hands them over (without closing) when the term ends.
+    """
+
+    def __init__(self, config: Config, elector: LeaderElector | None = None):
+        self.config = config
+        self.metrics = Metrics()
+        self.elector = elector or make_elector(config.leader)
+        self._callback_token = secrets.token_urlsafe(24)
+        self.vast = VastClient(
+            config.vast.api_key.get_secret_value(),
+            webserver_url=config.vast.webserver_url,
+            autoscaler_url=config.vast.autoscaler_url,
+        )
+        self.scalers: dict[str, Scaler] = {}
+        self.decision_log = DecisionLog()
+        # Admin changes outlive a leadership term: each term's loops start from them.
+        self._paused = {sc.name: sc.policy.paused for sc in config.scalers}
+        self._modes = {sc.name: "act" for sc in config.scalers}
+        self.server = MetricsServer(
+            self.metrics,
+            config.metrics_host,
+            config.metrics_port,
+            readiness=self.readiness,
+            routes=[web.post(CALLBACK_PATH, self._session_closed), *admin_routes(self, config.admin_token)],
+        )
+
+    def _make_scaler(self, sc: ScalerConfig) -> Scaler:
+        source = from_url(sc.source)
+        pool = self._make_pool(sc)
+        loop = ScalerLoop(
+            sc.name,
+            source,
+            pool,
+            sc.policy.model_copy(update={"paused": self._paused[sc.name]}),
+            sc.poll_interval,
+            self.metrics,
+            acting=self.elector.check,
+            mode=self._modes[sc.name],
+            decisions=self.decision_log,
+        )
+        return Scaler(sc, source, pool, loop)
+
+    # -- the admin API (controller.admin.ScalerControl) ----------------------------------------
+
+    def names(self) -> list[str]:
+        return [sc.name for sc in self.config.scalers]
+
+    def status(self) -> list[dict[str, object]]:
+        leading = self.elector.is_leader
+        entries = []
+        for name in self.names():
+            scaler = self.scalers.get(name)
+            loop = scaler.loop if scaler else None
+            depth = loop.last_depth if loop else None
+            supply = scaler.pool.supply if scaler else None
+            entries.append(
+                {
+                    "name": name,
+                    "depth": depth.as_dict() if depth is not None else None,
+                    "target": loop.last_decision.target if loop and loop.last_decision else None,
+                    "sessions": {"open": supply.open if supply else 0, "opening": supply.opening if supply else 0},
+                    "leader": leading,
+                    "paused": self._paused[name],
+                    "mode": self._modes[name],
+                    "last_read_ok_at": loop.last_read_ok_at if loop else None,
+                }
+            )
+        return entries
+
+    def pause(self, name: str) -> None:
+        self._set_paused(name, True)
+
+    def resume(self, name: str) -> None:
+        self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> None:
+        self._paused[name] = paused
+        self.metrics.set_paused(name, paused)
+        scaler = self.scalers.get(name)
+        if scaler is not None:
+            scaler.loop.policy = scaler.loop.policy.model_copy(update={"paused": paused})
+            scaler.loop.wake()
+        log.info("scaler paused" if paused else "scaler resumed", extra={"scaler": name})
+
+    def set_mode(self, name: str, mode: str) -> None:
+        self._modes[name] = mode
+        scaler = self.scalers.get(name)
+        if scaler is not None:
+            scaler.loop.mode = mode
+            scaler.loop.wake()
+        log.info("scaler mode changed", extra={"scaler": name, "mode": mode})
+
+    def decisions(self, scaler: str | None) -> list[dict[str, object]]:
+        return self.decision_log.list(scaler)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def _make_ledger(self, scaler: str) -> Ledger:
+        if self.config.state_url is not None:
+            return RedisLedger(str(self.config.state_url), scaler)
+        return FileLedger(self.config.state_dir, scaler)
+
+    def _make_pool(self, sc: ScalerConfig) -> Pool:
+        session = sc.session
+        endpoint = self.vast.endpoint(sc.endpoint)
+        if session.reservation == "reserve":
+            return ReservationPool(
+                sc.name,
+                endpoint,
+                self.metrics,
+                duration=session.reserve_duration,
+                session_cost=session.session_cost,
+                max_concurrent_opens=session.max_concurrent_opens,
+            )
+        on_close_route = on_close_payload = None
+        if session.callback_url:
+            on_close_route = str(session.callback_url).rstrip("/") + CALLBACK_PATH
+            on_close_payload = {"scaler": sc.name, "token": self._callback_token}
+        return SessionPool(
+            sc.name,
+            endpoint,
+            self._make_ledger(sc.name),
+            self.metrics,
+            lease_seconds=session.lease_seconds,
+            session_cost=session.session_cost,
+            open_timeout=session.open_timeout,
+            max_concurrent_opens=session.max_concurrent_opens,
+            on_close_route=on_close_route,
+            on_close_payload=on_close_payload,
+        )
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """A follower is ready; a leader when every scaler read its queue within a few polls."""
+        if not self.elector.is_leader:
+            return True, {"role": "follower"}
+        now = time.time()
+        stale = {
+            name: s.loop.last_read_ok_at
+            for name, s in self.scalers.items()
+            if s.loop.last_read_ok_at is None
+            or now - s.loop.last_read_ok_at > max(10.0, 5 * s.config.poll_interval)
+        }
+        return (bool(self.scalers) and not stale, {"role": "leader", "not_ready": sorted(stale)})
+
+    async def _session_closed(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            name, token, session_id = str(body["scaler"]), str(body["token"]), str(body["session_id"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON with scaler, token, session_id"}, status=400)
+        if not hmac.compare_digest(token, self._callback_token):
+            return web.json_response({"error": "bad token"}, status=401)
+        scaler = self.scalers.get(name)
+        if scaler is not None and scaler.pool.released(session_id):
+            scaler.loop.wake()
+        return web.json_response({"ok": True})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.server.start()
+        campaign = asyncio.create_task(self.elector.run(), name="leader-election")
+        self.metrics.set_leader(False)
+        try:
+            while await _first(stop.wait(), self.elector.wait_leading()) == 1:
+                await self._lead(stop)
+        finally:
+            # Cancelling the campaign releases the lease, so a follower takes over at once.
+            campaign.cancel()
+            await asyncio.gather(campaign, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.vast.close()
+            await self.server.stop()
+            log.info("controller stopped")
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """One leadership term: adopt, run every scaler, hand over or shut down at the end."""
+        log.info("leading", extra={"fencing_token": self.elector.fencing_token})
+        self.metrics.set_leader(True)
+        self.scalers = {sc.name: self._make_scaler(sc) for sc in self.config.scalers}
+        tasks = [
+            asyncio.create_task(self._run_scaler(scaler), name=f"scaler-{name}")
+            for name, scaler in self.scalers.items()
+        ]
+        stopping = False
+        try:
+            stopping = await _first(stop.wait(), self.elector.wait_following()) == 0
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._end_term(release=stopping)
+            self.scalers = {}
+            self.metrics.set_leader(False)
+        if not stopping:
+            log.warning("lost leadership; sessions are left to the next leader")
+
+    async def _run_scaler(self, scaler: Scaler) -> None:
+        await _adopt(scaler)
+        callbacks = scaler.config.session.callback_url is not None
+        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks))
+
+    async def _end_term(self, *, release: bool) -> None:
+        """Cancel opens; close every session if releasing on shutdown, else leave them leased."""
+        await asyncio.gather(
+            *(
+                s.pool.shutdown(
+                    release=release and s.config.session.on_shutdown == "release",
+                    timeout=SHUTDOWN_BUDGET - 2,
+                )
+                for s in self.scalers.values()
+            ),
+            return_exceptions=True,
+        )
+        for scaler in self.scalers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(scaler.source.close(), 2)
+
+
+async def _adopt(scaler: Scaler) -> None:
+    """Re-adopt the ledger's sessions, retrying while the ledger cannot be read."""
+    for attempt in itertools.count():
+        try:
+            await scaler.pool.adopt()
+            return
+        except LedgerError as exc:
+            log.error("cannot adopt sessions; retrying", extra={"scaler": scaler.config.name, "error": str(exc)})
+            await asyncio.sleep(backoff(attempt))
+
+
+async def _first(*aws: Awaitable[object]) -> int:
+    """Wait until one of `aws` finishes; cancel the rest; return the lowest index among the done."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return next(i for i, task in enumerate(tasks) if task in done)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run(config: Config) -> int:
+    setup_logging(config.log_level, config.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        controller = Controller(config)
+        await controller.run(stop)
+    except (LedgerError, LeaderError, OSError) as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
+    return 0

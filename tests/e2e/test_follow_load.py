@@ -1,0 +1,105 @@
+"""Sessions follow a changing load: real null worker processes, real consumers, a Redis stream.
+
+Each worker runs examples/consumer/consumer.py beside it, as on a Vast instance: it takes a unit,
+works, acks and releases its session. The controller only watches the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from controller.emulator.testing import running_emulator
+from harness import API_KEY, count, scaler_config, wait_for
+from support import free_port
+
+CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
+POLL = 0.5
+JOB_SECONDS = 2.0
+#: (seconds, jobs per second): up, plateau, down, then nothing.
+LOAD = [(8, 1.0), (12, 2.5), (8, 0.5)]
+
+
+async def produce(queue, produced: list[tuple[float, str]]) -> None:
+    for seconds, rate in LOAD:
+        end = time.monotonic() + seconds
+        credit = 0.0
+        while time.monotonic() < end:
+            credit += rate * 0.25
+            while credit >= 1:
+                credit -= 1
+                job_id = uuid.uuid4().hex
+                await queue.client.xadd(queue.stream, {"id": job_id, "seconds": str(JOB_SECONDS)})
+                produced.append((time.monotonic(), job_id))
+            await asyncio.sleep(0.25)
+
+
+async def depth(client: aioredis.Redis, stream: str, group: str) -> int:
+    (info,) = [g for g in await client.xinfo_groups(stream) if g["name"] == group]
+    return int(info["lag"] or 0) + int(info["pending"])
+
+
+async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
+    results = f"{queue.stream}:results"
+    consumer = {
+        "command": f"{sys.executable} {CONSUMER}",
+        "queue_url": queue.source_url,
+        "env": {"RESULTS_KEY": results, "HEALTH_PORT": "0"},
+    }
+    async with running_emulator(
+        api_key=API_KEY, workers="process", cold_start_seconds=1.0, inactivity_timeout=10, consumer=consumer
+    ) as emulator:
+        port = free_port()
+        config = scaler_config(emulator, queue.source_url, callback_url=f"http://127.0.0.1:{port}")
+        config["scalers"][0]["poll_interval"] = POLL
+        config["scalers"][0]["policy"]["scale_down_delay"] = 0
+        controller = await controllers({**config, "metrics_port": port}).start()
+
+        produced: list[tuple[float, str]] = []
+        samples: list[tuple[float, int, int]] = []
+        producer = asyncio.create_task(produce(queue, produced))
+        while not producer.done() or samples[-1][1] or samples[-1][2]:
+            metrics = await controller.metrics()
+            supply = sum(
+                v for (name, labels), v in metrics.items()
+                if name in ("vqs_sessions_open", "vqs_sessions_opening")
+            )
+            samples.append((time.monotonic(), await depth(queue.client, queue.stream, queue.group), int(supply)))
+            assert samples[-1][0] - samples[0][0] < 120, "the work did not drain within 2 minutes"
+            await asyncio.sleep(0.25)
+        await producer
+
+        await wait_for(lambda: _zero(emulator), 15, what="no session left on the emulator")
+        done = [json.loads(raw) for raw in await queue.client.lrange(results, 0, -1)]
+        await queue.client.delete(results)
+
+    # Every unit processed exactly once.
+    assert sorted(job["id"] for job in done) == sorted(job_id for _, job_id in produced)
+    assert len(produced) >= 30
+    # Sessions follow the work within one poll interval (with its jitter) and a sampling step:
+    # every unit that arrived before that has a session (open or opening) ...
+    lag = POLL * 1.1 + 0.3
+    short = [
+        (round(t - samples[0][0], 2), work, supply)
+        for t, work, supply in samples
+        if supply < work - sum(1 for at, _ in produced if t - lag < at <= t)
+    ]
+    # ... and no session outlives its work by more than that (a release is seen at once, a
+    # surplus is closed on the next tick).
+    over = [
+        (round(t - samples[0][0], 2), work, supply)
+        for t, work, supply in samples
+        if supply > max(w for at, w, _ in samples if t - lag <= at <= t)
+    ]
+    assert len(short) + len(over) <= len(samples) * 0.05, f"{len(samples)} samples; short: {short}, over: {over}"
+
+
+async def _zero(emulator) -> bool:
+    return await count(emulator) == 0
