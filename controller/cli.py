@@ -75,6 +75,19 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import main as demo
+
+    if args.duration <= 0:
+        return _fail("--duration: must be > 0 seconds")
+    if args.cold_start < 0:
+        return _fail("--cold-start: must be >= 0 seconds")
+    return demo(
+        duration=args.duration, live=not args.no_live, json_output=args.json, seed=args.seed,
+        trace=args.trace, out=args.out, cold_start=args.cold_start,
+    )  # fmt: skip
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from controller.simulation.report import run_cli
 
@@ -122,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-flavor", choices=["sessions", "reserve"], default=None,
                    help="null worker flavor (default: the config's, else sessions)")  # fmt: skip
     p.set_defaults(func=_cmd_emulator)
+
+    p = sub.add_parser(
+        "demo", help="the whole system on this machine: emulator, queue, consumers, producer, controller"
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    p.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the text summary")
+    p.add_argument("--seed", type=int, default=1, help="seed of the load's arrivals and job lengths")
+    p.add_argument("--trace", metavar="FILE", help="play a CSV of seconds,jobs[,service_seconds] instead")
+    p.add_argument("--out", default="demo-out", metavar="DIR", help="where outputs go (default demo-out)")
+    p.add_argument(
+        "--cold-start", type=float, default=3.0, metavar="SECONDS",
+        help="emulated worker cold start (default 3)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
         "simulate", help="replay job traces against our policy and KEDA-style baselines (virtual time)"
