@@ -74,30 +74,9 @@ class DecisionLog:
         return [dict(e) for e in self._entries if scaler is None or e.get("scaler") == scaler]
 
 
-def decision_record(
-    scaler: str,
-    decision: Decision,
-    depth: QueueDepth | None,
-    supply: Supply,
-    *,
-    mode: str,
-    acted: bool,
-    at: float,
-) -> dict[str, Any]:
+def decision_record(scaler: str, decision: Decision, *, acted: bool) -> dict[str, Any]:
     """One tick as a DecisionLog entry, in the shape docs/openapi.yaml gives for GET /decisions."""
-    return {
-        "t": at,
-        "scaler": scaler,
-        "depth": depth.as_dict() if depth is not None else None,
-        "sessions": {"open": supply.open, "opening": supply.opening},
-        "target": decision.target,
-        "to_open": decision.open,
-        "to_cancel": decision.cancel,
-        "to_close": decision.close,
-        "reason": decision.reason,
-        "mode": mode,
-        "acted": acted,
-    }
+    return {"scaler": scaler, **decision.as_log(), "acted": acted}
 
 
 def admin_routes(control: ScalerControl, token: SecretStr | None) -> list[web.RouteDef]:

@@ -23,11 +23,11 @@ class Reading:
     error: str | None = None
 
 
-async def read_scaler(scaler: ScalerConfig, timeout: float = READ_TIMEOUT_SECONDS) -> Reading:
-    """One depth read; any failure becomes the reading's error text, never an exception."""
-    display_url = redact(scaler.source)
+async def read_source(scaler: ScalerConfig, url: str, timeout: float = READ_TIMEOUT_SECONDS) -> Reading:
+    """One depth read of one of the scaler's queues; a failure becomes the reading's error text."""
+    display_url = redact(url)
     try:
-        source = from_url(scaler.source)
+        source = from_url(url)
     except Exception as exc:  # a source that cannot even be built is a failed row, not a crash
         return Reading(scaler, display_url, error=_describe(exc))
     display_url = source.display_url
@@ -76,7 +76,9 @@ def format_table(readings: list[Reading]) -> str:
 async def check(config: Config, out: TextIO | None = None) -> int:
     """Read every source once, concurrently; 0 when all answered, 1 otherwise."""
     out = out or sys.stdout
-    readings = list(await asyncio.gather(*(read_scaler(s) for s in config.scalers)))
+    readings = list(
+        await asyncio.gather(*(read_source(s, spec.url) for s in config.scalers for spec in s.source_specs))
+    )
     failed = sum(reading.error is not None for reading in readings)
     print(format_table(readings), file=out)
     total = len(readings)

@@ -173,6 +173,39 @@ class PolicyConfig(_Strict):
         None, gt=0, description="$/hour one session costs; needed with max_cost_per_hour"
     )
     paused: bool = Field(False, description="freeze the session count")
+    mode: Literal["act", "advise"] = Field(
+        "act", description="act: apply decisions; advise: decide and record only (a dry run)"
+    )
+    buffer_sessions: int = Field(
+        0,
+        ge=0,
+        description="extra sessions while there is work, kept for scale_down_delay after it (none at idle)",
+    )
+    seconds_per_unit: Duration | None = Field(
+        None,
+        gt=0,
+        description="mean seconds one session spends on one unit; pre-warms for the arrival rate: "
+        "target >= ceil(rate x seconds_per_unit / work_per_session)",
+    )
+    lead_time: Duration = Field(
+        0.0,
+        description="expected session start-up; target also covers the work expected to arrive "
+        "within it: ceil((total + rate x lead_time) / work_per_session)",
+    )
+    rate_window: Duration = Field(
+        60.0,
+        gt=0,
+        description="time constant of the arrival-rate average (with seconds_per_unit or lead_time)",
+    )
+    max_wait: Duration | None = Field(
+        None,
+        gt=0,
+        description="when the oldest waiting unit has waited longer (sources that report ages): a "
+        "session per waiting unit on top of the open ones, and no scaling down",
+    )
+    boot_grace: Duration = Field(
+        0.0, description="a session granted less than this long ago is never closed"
+    )
 
     @model_validator(mode="after")
     def _check_relations(self) -> "PolicyConfig":
@@ -180,7 +213,14 @@ class PolicyConfig(_Strict):
             raise ValueError(f"max_sessions: must be >= min_sessions ({self.min_sessions})")
         if self.max_cost_per_hour is not None and self.price_per_session_hour is None:
             raise ValueError("price_per_session_hour: required when max_cost_per_hour is set")
+        if "rate_window" in self.model_fields_set and not self.estimates_rate:
+            raise ValueError("rate_window: only used with seconds_per_unit or lead_time")
         return self
+
+    @property
+    def estimates_rate(self) -> bool:
+        """Whether the policy tracks the arrival rate (pre-warming is on)."""
+        return self.seconds_per_unit is not None or self.lead_time > 0
 
 
 class SessionConfig(_Strict):
@@ -210,17 +250,55 @@ class SessionConfig(_Strict):
     )
 
 
+class SourceSpec(_Strict):
+    """One queue of a scaler with several (`sources:`)."""
+
+    url: SourceURL = Field(description="queue source URL, as for `source`")
+    name: str | None = Field(None, min_length=1, description="label in logs and /decisions (unset: the URL)")
+    weight: float = Field(1.0, gt=0, description="each unit of this queue counts this many times")
+    reserve: int = Field(
+        0, ge=0, description="sessions held for this queue's work when max_sessions or the budget caps the total"
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or redact(self.url)
+
+
 class ScalerConfig(_Strict):
-    """One queue source + one Vast endpoint + one policy."""
+    """One queue source (or several) + one Vast endpoint + one policy."""
 
     name: ScalerName = Field(description=f"the scaler's name: {NAME_RULE}")
-    source: SourceURL = Field(
-        description="queue source URL (redis://, rediss://, sqs://, https://sqs..., nats://)"
+    source: SourceURL | None = Field(
+        None, description="queue source URL (redis://, rediss://, sqs://, https://sqs..., nats://)"
+    )
+    sources: list[SourceSpec] | None = Field(
+        None, min_length=1, description="several queues instead of `source`, each with a weight and a reserve"
     )
     endpoint: str = Field(min_length=1, description="name of the Vast Serverless endpoint")
     poll_interval: Duration = Field(1.0, gt=0, description="time between depth reads")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scaling rules")
     session: SessionConfig = Field(default_factory=SessionConfig, description="session handling")
+
+    @model_validator(mode="after")
+    def _one_source_form(self) -> "ScalerConfig":
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("source: set exactly one of source (one queue) or sources (a list)")
+        labels = [spec.label for spec in self.sources or ()]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"sources: names must be unique, {', '.join(duplicates)} repeats")
+        reserved = sum(spec.reserve for spec in self.sources or ())
+        if reserved > self.policy.max_sessions:
+            raise ValueError(
+                f"sources: reserves add up to {reserved}, more than policy.max_sessions ({self.policy.max_sessions})"
+            )
+        return self
+
+    @property
+    def source_specs(self) -> list[SourceSpec]:
+        """Every queue of this scaler (one for `source:`)."""
+        return self.sources if self.sources is not None else [SourceSpec(url=self.source or "")]
 
 
 def _api_key_optional_in_schema(schema: dict[str, Any]) -> None:

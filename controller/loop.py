@@ -10,11 +10,12 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 from controller.admin import DecisionLog, decision_record
 from controller.config import PolicyConfig
-from controller.policy import Decision, PolicyState, Supply, decide
+from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
 from controller.sources import QueueDepth, Source, SourceError, WatchableSource
 
 log = logging.getLogger(__name__)
@@ -37,33 +38,44 @@ class Actuator(Protocol):
     def apply(self, decision: Decision) -> None: ...
 
 
+@dataclass(frozen=True)
+class NamedSource:
+    """One queue of a scaler with several, and how much its work counts."""
+
+    name: str
+    source: Source
+    weight: float = 1.0
+    reserve: int = 0
+
+
 class ScalerLoop:
-    """Keeps one scaler's sessions equal to its queue's work."""
+    """Keeps one scaler's sessions equal to its queue's work (one queue, or several)."""
 
     def __init__(
         self,
         name: str,
-        source: Source,
+        source: Source | Sequence[NamedSource],
         pool: Actuator,
         policy: PolicyConfig,
         poll_interval: float,
         metrics: Any,
         *,
         acting: Callable[[], Awaitable[bool]] | None = None,
-        mode: str = "act",
         decisions: DecisionLog | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.name = name
-        self.source = source
+        # One plain source is the common case; the policy sees its depth as is.
+        self._single = not isinstance(source, Sequence)
+        self.sources: list[NamedSource] = (
+            [NamedSource(name, source)] if not isinstance(source, Sequence) else list(source)
+        )
         self.pool = pool
         self.policy = policy
         self.poll_interval = poll_interval
         self._metrics = metrics
         metrics.set_paused(name, policy.paused)
         self._acting = acting or _always
-        #: "act" opens and closes sessions; "advise" only computes, logs and exports decisions.
-        self.mode = mode
         self._decisions = decisions
         self._clock = clock
         self._wake = asyncio.Event()
@@ -77,9 +89,11 @@ class ScalerLoop:
         self._wake.set()
 
     async def run(self) -> None:
-        watcher = None
-        if isinstance(self.source, WatchableSource):
-            watcher = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+        watchers = [
+            asyncio.create_task(self._watch(named.source), name=f"watch-{self.name}-{named.name}")
+            for named in self.sources
+            if isinstance(named.source, WatchableSource)
+        ]
         try:
             while True:
                 started = time.monotonic()
@@ -93,55 +107,76 @@ class ScalerLoop:
                 delay = self.poll_interval * random.uniform(1 - _JITTER, 1 + _JITTER) - elapsed
                 await self._sleep(max(MIN_TICK_GAP, delay))
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Close every source (each within a short timeout)."""
+        for named in self.sources:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(named.source.close(), 2)
 
     async def _sleep(self, delay: float) -> None:
         self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _watch(self) -> None:
-        assert isinstance(self.source, WatchableSource)
+    async def _watch(self, source: WatchableSource) -> None:
         try:
-            async for _ in self.source.watch():
+            async for _ in source.watch():
                 self._wake.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("queue wake-ups stopped; polling only", extra={"scaler": self.name, "error": str(exc)})
 
+    async def _read(self, named: NamedSource) -> QueueDepth | None:
+        try:
+            return await named.source.depth()
+        except SourceError as exc:
+            log.warning("queue depth read failed", extra={"scaler": self.name, "source": named.name, "error": str(exc)})
+            return None
+
     async def tick(self) -> Decision:
         started = time.monotonic()
-        depth: QueueDepth | None
-        try:
-            depth = await self.source.depth()
-        except SourceError as exc:
-            depth = None
-            log.warning("queue depth read failed", extra={"scaler": self.name, "error": str(exc)})
+        depths = await asyncio.gather(*(self._read(named) for named in self.sources))
         now = self._clock()
+        observation: Observation
+        if self._single:
+            observation = depth = depths[0]
+        else:
+            observation = [
+                SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths)
+            ]
+            # Metrics and /status show the plain sum; a failed read of any queue counts as failed.
+            depth = None if None in depths else _sum(d for d in depths if d is not None)
         self._metrics.record_read(self.name, depth, time.monotonic() - started, now)
         if depth is not None:
             self.last_read_ok_at = now
         self.last_depth = depth
         supply = self.pool.supply
         previous = self.last_decision
-        decision = decide(depth, supply, self.policy, now, self.state)
+        decision = decide(observation, supply, self.policy, now, self.state)
         self.state = decision.state
         self.last_decision = decision
         self._metrics.record_decision(self.name, decision, supply)
         acts = bool(decision.open or decision.cancel or decision.close)
-        # The fencing check: a deposed leader must not act on a decision made just before.
-        acted = acts and self.mode == "act" and await self._acting()
+        # advise mode (a dry run) decides and records, never acts. The fencing check comes last:
+        # a deposed leader must not act on a decision made just before.
+        acted = acts and decision.act and await self._acting()
         if acted:
             self.pool.apply(decision)
         if acts or previous is None or previous.target != decision.target:
-            record = decision_record(
-                self.name, decision, depth, supply, mode=self.mode, acted=acted, at=now
-            )
+            record = decision_record(self.name, decision, acted=acted)
             log.info("decision", extra={k: v for k, v in record.items() if k != "t"})
             if self._decisions is not None:
                 self._decisions.append(record)
         return decision
+
+
+def _sum(depths: Iterable[QueueDepth]) -> QueueDepth:
+    waiting = in_flight = 0
+    for depth in depths:
+        waiting, in_flight = waiting + depth.waiting, in_flight + depth.in_flight
+    return QueueDepth(waiting, in_flight)

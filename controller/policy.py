@@ -5,10 +5,32 @@ very same rules. The rules, in the order they apply:
 
 - **Target.** total = waiting + in_flight; target = ceil(total / work_per_session), clamped to
   [min_sessions, max_sessions].
+- **Sources.** `depth` is one QueueDepth, or one SourceDepth per queue when a scaler serves
+  several. A source's units count `weight` times (total = sum of weight x units); in-flight units
+  always get their sessions, whatever the weights. When some sources fail to read and others do,
+  the scaler scales up for what it reads but never down (the missing work is unknown); when all
+  fail, the read failed.
 - **Activation** only gates waking from zero: with no sessions open or opening, a scaler stays at
-  zero while total < activation (activation=1: a single unit wakes it). Once it has sessions it
-  serves whatever work remains, even below activation, so in-flight work is never stranded; it
-  returns to zero only when the queue is empty (after the scale-down delay).
+  zero while total < activation (activation=1: a single unit wakes it; units, not weighted). Once
+  it has sessions it serves whatever work remains, even below activation, so in-flight work is
+  never stranded; it returns to zero only when the queue is empty (after the scale-down delay).
+- **Pre-warming** (seconds_per_unit, lead_time; the rate estimator is controller/policy_rate.py):
+  while there is work, target >= ceil(rate x seconds_per_unit / work_per_session) (the sessions
+  busy on average at the arrival rate) and >= ceil((total + rate x lead_time) / work_per_session)
+  (the work there once a session opened now is ready).
+- **Queue age** (max_wait): when a source's oldest waiting unit has waited longer than max_wait,
+  the open sessions are taken as busy: target >= open + ceil(waiting / work_per_session), the
+  waiting units of such sources, and nothing is cancelled or closed (target >= open + opening)
+  while such work waits. It wakes a scaler below activation too. Sessions opening count toward
+  it, so it does not grow tick by tick while they start; it grows again only when granted
+  sessions still leave old work waiting.
+- **Warm buffer** (buffer_sessions): while there is work, N sessions more. The scale-down window
+  keeps them for scale_down_delay after the last work, then they go: idle still means zero.
+- **Reserves.** A source with `reserve: R` holds R sessions of the cap back from the others: the
+  target is at most sum(min(need_j, R_j)) + max(0, cap - sum(R_j)), need_j being the sessions
+  source j's own work asks for; never below the in-flight work. Sessions are not tied to sources,
+  so "held back" means not opened: when the reserved queue gets work there is room under the cap
+  to open its sessions at once (consumers should take the priority queue first).
 - **Budget.** With max_cost_per_hour, the target is capped at
   floor(max_cost_per_hour / price_per_session_hour). The budget wins over min_sessions: money
   is never spent past the cap.
@@ -16,6 +38,9 @@ very same rules. The rules, in the order they apply:
   count as supply, so nothing is requested twice.
 - **Scale-down** waits: the scaler keeps the maximum target seen over the last scale_down_delay
   seconds. Surplus cancels opening sessions first, then closes open ones.
+- **Boot grace.** `close` never exceeds the open sessions granted at least boot_grace ago
+  (Supply.ages; unknown ages count as old), and `Decision.close_min_age` tells the pool to close
+  the youngest of those. The target stays: a young session is closed once it has aged.
 - **Failed read** (depth None): hold the current supply (within bounds) for error_hold seconds
   since the last good read (since the first failure if there never was one), then go to
   fallback_sessions if set, else keep holding. An error alone never scales to zero; an explicit
@@ -23,30 +48,66 @@ very same rules. The rules, in the order they apply:
   during an outage enters the scale-down window, so the first good reads after it wait the
   delay before closing anything.
 - **Paused**: target = current supply, no actions.
+- **Advise** (mode: advise): the same decision, with `act=False`: the caller records it and
+  does not apply it.
 
-Config changes apply at once: a lowered max_sessions or budget closes the excess without waiting.
+Config changes apply at once: a lowered max_sessions or budget closes the excess without waiting
+(boot grace permitting).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+from controller import policy_rate
 from controller.config import PolicyConfig
+from controller.policy_rate import RateState
 from controller.sources import QueueDepth
 
 
 @dataclass(frozen=True)
+class SourceDepth:
+    """One queue of a scaler with several: its reading (None: the read failed) and its rules."""
+
+    name: str
+    depth: QueueDepth | None
+    weight: float = 1.0  # each unit counts this many times; > 0
+    reserve: int = 0  # sessions of the cap held back for this source's work
+
+
+#: What `decide()` reads: one queue, several, or None when the read failed.
+Observation = QueueDepth | Sequence[SourceDepth] | None
+
+
+@dataclass(frozen=True)
 class Supply:
-    """Sessions a scaler holds: granted (`open`) and requested but not yet granted (`opening`)."""
+    """Sessions a scaler holds: granted (`open`) and requested but not yet granted (`opening`).
+
+    `ages`: seconds since each open session was granted, in any order; one per open session,
+    or () when unknown (then every open session may be closed).
+    """
 
     open: int
     opening: int
+    ages: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.ages and len(self.ages) != self.open:
+            raise ValueError(f"ages: expected one per open session ({self.open}), got {len(self.ages)}")
 
     @property
     def total(self) -> int:
         return self.open + self.opening
+
+    def closable(self, grace: float) -> int:
+        """Open sessions granted at least `grace` seconds ago (all of them when ages are unknown)."""
+        if not self.ages or grace <= 0:
+            return self.open
+        return sum(age >= grace for age in self.ages)
 
 
 @dataclass(frozen=True)
@@ -55,20 +116,36 @@ class PolicyState:
 
     `window` holds (time, target) points of the scale-down window with strictly decreasing
     targets (a later, larger target makes earlier ones irrelevant), so it never holds more than
-    max_sessions + 1 points however often the loop ticks.
+    max_sessions + 1 points however often the loop ticks. `rate` is the arrival-rate estimate
+    (only with seconds_per_unit or lead_time).
     """
 
     window: tuple[tuple[float, int], ...] = ()
     last_ok_at: float | None = None
     failing_since: float | None = None
+    rate: RateState | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a decision was made from: the time, the summed depth (None: read failed), each
+    source of a scaler with several, and the supply."""
+
+    at: float
+    depth: QueueDepth | None
+    sources: tuple[SourceDepth, ...]
+    supply: Supply
 
 
 @dataclass(frozen=True)
 class Decision:
     """One tick's verdict: the session count wanted, and the steps toward it.
 
-    `open` sessions to request, `cancel` opening requests to drop, `close` open sessions to end;
-    `reason` says why in a short human line; `state` is the PolicyState for the next tick.
+    `open` sessions to request, `cancel` opening requests to drop, `close` open sessions to end
+    (the youngest of those at least `close_min_age` seconds old); `reason` says why in a short
+    human line; `state` is the PolicyState for the next tick. `act` is False in advise mode: the
+    steps are what the scaler would do, and the caller must not apply them. `terms` are the
+    numbers the target came from, for the decision log.
     """
 
     target: int
@@ -77,6 +154,39 @@ class Decision:
     close: int
     reason: str
     state: PolicyState
+    act: bool = True
+    close_min_age: float = 0.0
+    inputs: Inputs | None = None
+    terms: tuple[tuple[str, float], ...] = ()
+
+    def as_log(self) -> dict[str, Any]:
+        """The decision as a JSON-ready dict: inputs, target, steps, reason, mode and terms."""
+        entry: dict[str, Any] = {}
+        if self.inputs is not None:
+            supply = self.inputs.supply
+            entry["t"] = self.inputs.at
+            entry["depth"] = _depth_log(self.inputs.depth)
+            entry["sources"] = [
+                {"name": s.name, "weight": s.weight, "reserve": s.reserve, **(_depth_log(s.depth) or {})}
+                for s in self.inputs.sources
+            ]
+            entry["sessions"] = {"open": supply.open, "opening": supply.opening}
+        entry.update(
+            target=self.target,
+            to_open=self.open,
+            to_cancel=self.cancel,
+            to_close=self.close,
+            reason=self.reason,
+            mode="act" if self.act else "advise",
+            terms=dict(self.terms),
+        )
+        return entry
+
+
+def _depth_log(depth: QueueDepth | None) -> dict[str, Any] | None:
+    if depth is None:
+        return None
+    return {**depth.as_dict(), "oldest_age": depth.oldest_age}
 
 
 @dataclass(frozen=True)
@@ -106,49 +216,171 @@ def _bounds(config: PolicyConfig) -> _Bounds:
     return _Bounds(lower=min(config.min_sessions, upper), upper=upper, budget_cap=cap)
 
 
-def decide(
-    depth: QueueDepth | None, supply: Supply, config: PolicyConfig, now: float, state: PolicyState
-) -> Decision:
-    """The decision for one tick; `depth=None` means the read failed."""
-    bounds = _bounds(config)
+@dataclass(frozen=True)
+class _Work:
+    """The readable sources summed up."""
+
+    waiting: int
+    in_flight: int
+    weighted: Decimal  # sum of weight x (waiting + in_flight)
+    weighted_in_flight: Decimal
+    oldest_age: float | None
+    aged: int  # waiting units of the sources whose oldest unit waited past max_wait
+    reserves: tuple[tuple[int, int], ...]  # (sessions its work asks for, reserve) per reserving source
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.in_flight
+
+    @property
+    def depth(self) -> QueueDepth:
+        return QueueDepth(self.waiting, self.in_flight, self.oldest_age)
+
+
+def _sources(depth: Observation) -> tuple[SourceDepth, ...]:
     if depth is None:
+        return ()
+    if isinstance(depth, QueueDepth):
+        return (SourceDepth("", depth),)
+    return tuple(depth)
+
+
+def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
+    waiting = in_flight = aged = 0
+    weighted = weighted_in_flight = Decimal(0)
+    ages: list[float] = []
+    reserves: list[tuple[int, int]] = []
+    for source in sources:
+        assert source.depth is not None
+        units_waiting, units_in_flight = max(0, source.depth.waiting), max(0, source.depth.in_flight)
+        # Decimal of the shortest repr, as for the budget: 1.1 x 10 units is 11, not 11.000000000000002.
+        weight = Decimal(repr(source.weight))
+        waiting += units_waiting
+        in_flight += units_in_flight
+        weighted += weight * (units_waiting + units_in_flight)
+        weighted_in_flight += weight * units_in_flight
+        age = source.depth.oldest_age
+        if age is not None and units_waiting:
+            ages.append(age)
+            if config.max_wait is not None and age > config.max_wait:
+                aged += units_waiting
+        if source.reserve > 0:
+            need = math.ceil(weight * (units_waiting + units_in_flight) / config.work_per_session)
+            reserves.append((need, source.reserve))
+    return _Work(
+        waiting, in_flight, weighted, weighted_in_flight, max(ages, default=None), aged, tuple(reserves)
+    )
+
+
+def decide(
+    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState
+) -> Decision:
+    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed."""
+    bounds = _bounds(config)
+    sources = _sources(depth)
+    readable = [s for s in sources if s.depth is not None]
+    terms: dict[str, float] = {}
+    if not readable:
         failing_since = now if state.failing_since is None else state.failing_since
         since = failing_since if state.last_ok_at is None else state.last_ok_at
         target, reason = _on_failed_read(supply, config, bounds, now - since)
         # The error target goes straight to the supply (hold or fallback) and into the window
         # too, so the first good read after an outage waits the delay before closing anything.
         window = _slide(state.window, now, target, config.scale_down_delay)
-        state = replace(state, window=window, failing_since=failing_since)
+        state = PolicyState(window, state.last_ok_at, failing_since, state.rate)
+        summed = None
     else:
-        wanted, note = _wanted(depth, supply, config, bounds)
+        work = _work(readable, config)
+        summed = work.depth
+        rate = state.rate
+        if config.estimates_rate and len(readable) == len(sources):
+            # Only full reads: a source missing from the sum would look like its work completed.
+            rate = policy_rate.update(rate, now, float(work.weighted), float(work.weighted_in_flight), config)
+        wanted, notes = _wanted(work, supply, config, bounds, rate, terms)
+        if len(readable) < len(sources):
+            wanted = max(wanted, bounds.clamp(supply.total))
+            missing = ", ".join(s.name for s in sources if s.depth is None)
+            notes.append(f"not scaling down: {missing} unreadable")
         window = _slide(state.window, now, wanted, config.scale_down_delay)
         # Clamped again: a lowered max_sessions or budget applies without waiting the delay.
         keep = bounds.clamp(max(value for _, value in window))
         target = min(max(supply.total, wanted), keep)
-        reason = _explain(depth.total, wanted, note, target, supply, config)
-        state = PolicyState(window=window, last_ok_at=now)
+        reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config)
+        state = PolicyState(window=window, last_ok_at=now, rate=rate)
     if config.paused:
-        return Decision(supply.total, 0, 0, 0, "paused", state)
-    return Decision(target, *_actions(target, supply, config), reason, state)
+        target, reason, (open_, cancel, close) = supply.total, "paused", (0, 0, 0)
+    else:
+        open_, cancel, close = _actions(target, supply, config)
+        closable = supply.closable(config.boot_grace)
+        if close > closable:
+            reason += f" (boot grace: {_count(close - closable, 'session')} too young to close)"
+            close = closable
+    return Decision(
+        target,
+        open_,
+        cancel,
+        close,
+        reason,
+        state,
+        act=config.mode == "act",
+        close_min_age=config.boot_grace,
+        inputs=Inputs(now, summed, () if isinstance(depth, QueueDepth) else sources, supply),
+        terms=tuple(terms.items()),
+    )
 
 
-def _wanted(depth: QueueDepth, supply: Supply, config: PolicyConfig, bounds: _Bounds) -> tuple[int, str]:
-    """Sessions the work asks for now, and a note on what bent the number (or "")."""
-    total = max(0, depth.total)
-    need = -(-total // config.work_per_session)
-    below_activation = supply.total == 0 and total < config.activation
-    if below_activation:
-        # Activation gates waking from zero only; a scaler with sessions serves every unit.
-        need = 0
+def _wanted(
+    work: _Work,
+    supply: Supply,
+    config: PolicyConfig,
+    bounds: _Bounds,
+    rate: RateState | None,
+    terms: dict[str, float],
+) -> tuple[int, list[str]]:
+    """Sessions the work asks for now, and notes on what bent the number; fills `terms`."""
+    notes: list[str] = []
+    below_activation = supply.total == 0 and work.total < config.activation
+    # Activation gates waking from zero only; a scaler with sessions serves every unit.
+    need = 0 if below_activation else math.ceil(max(work.weighted, work.in_flight) / config.work_per_session)
+    terms["work"] = need
+    if need and rate is not None:
+        arrivals = policy_rate.arrival_rate(rate)
+        terms["rate"] = arrivals
+        prewarm = policy_rate.prewarm(arrivals, config)
+        lead = policy_rate.lead(arrivals, float(work.weighted), config)
+        if max(prewarm, lead) > need:
+            notes.append(f"pre-warm for {arrivals:.3g} units/s")
+        terms.update(prewarm=prewarm, lead=lead)
+        need = max(need, prewarm, lead)
+    if work.aged:
+        assert config.max_wait is not None
+        # Starved work: no scaling down, and a session per waiting unit beyond the open ones.
+        by_age = max(supply.total, supply.open + math.ceil(work.aged / config.work_per_session))
+        terms["age"] = by_age
+        if by_age > need:
+            notes.append(f"oldest waited {work.oldest_age:g}s > max_wait {config.max_wait:g}s")
+        need = max(need, by_age)
+    if need and config.buffer_sessions:
+        need += config.buffer_sessions
+        terms["buffer"] = config.buffer_sessions
+    if work.reserves:
+        own = sum(min(asked, reserve) for asked, reserve in work.reserves)
+        allowed = own + max(0, bounds.upper - sum(reserve for _, reserve in work.reserves))
+        # Reserves only stop new sessions: running work keeps its sessions.
+        ceiling = max(allowed, math.ceil(work.in_flight / config.work_per_session))
+        if need > ceiling and ceiling < bounds.upper:
+            terms["held_back"] = min(need, bounds.upper) - ceiling
+            notes.append(f"reserve: {_count(min(need, bounds.upper) - ceiling, 'session')} held back")
+        need = min(need, ceiling)
     wanted = bounds.clamp(need)
     if wanted > need:
-        return wanted, "min_sessions"
-    if wanted < need:
+        notes.append("min_sessions")
+    elif wanted < need:
         capped_by_budget = bounds.budget_cap is not None and bounds.budget_cap < config.max_sessions
-        return wanted, f"budget cap {bounds.budget_cap}" if capped_by_budget else "max_sessions"
-    if below_activation and total:
-        return wanted, f"below activation {config.activation}"
-    return wanted, ""
+        notes.append(f"budget cap {bounds.budget_cap}" if capped_by_budget else "max_sessions")
+    elif below_activation and work.total and not work.aged:
+        notes.append(f"below activation {config.activation}")
+    return wanted, notes
 
 
 def _on_failed_read(

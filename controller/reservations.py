@@ -59,8 +59,9 @@ class ReservationPool:
 
     @property
     def supply(self) -> Supply:
-        held = sum(r.held for r in self._reservations.values())
-        return Supply(open=held, opening=len(self._reservations) - held)
+        now = self._clock()
+        ages = tuple(now - (r.held_at or r.requested_at) for r in self._reservations.values() if r.held)
+        return Supply(open=len(ages), opening=len(self._reservations) - len(ages), ages=ages)
 
     def apply(self, decision: Decision) -> None:
         """Start reservations; cancel waiting ones (youngest first), then release held ones."""
@@ -72,7 +73,10 @@ class ReservationPool:
             )
         youngest = list(reversed(self._reservations.items()))
         waiting = [t for t, r in youngest if not r.held][: decision.cancel]
-        held = [t for t, r in youngest if r.held][: decision.close]
+        now = self._clock()
+        held = [
+            t for t, r in youngest if r.held and now - (r.held_at or r.requested_at) >= decision.close_min_age
+        ][: decision.close]
         for token, reason in [*((t, "cancelled") for t in waiting), *((t, "closed") for t in held)]:
             self._end(token, reason)
 

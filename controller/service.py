@@ -20,7 +20,7 @@ from controller.config import Config, ScalerConfig
 from controller.leader import LeaderElector, LeaderError, make_elector
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
-from controller.loop import ScalerLoop
+from controller.loop import NamedSource, ScalerLoop
 from controller.metrics import Metrics
 from controller.server import MetricsServer
 from controller.reservations import ReservationPool
@@ -41,7 +41,6 @@ Pool = SessionPool | ReservationPool
 @dataclass
 class Scaler:
     config: ScalerConfig
-    source: Source
     pool: Pool
     loop: ScalerLoop
 
@@ -67,7 +66,7 @@ class Controller:
         self.decision_log = DecisionLog()
         # Admin changes outlive a leadership term: each term's loops start from them.
         self._paused = {sc.name: sc.policy.paused for sc in config.scalers}
-        self._modes = {sc.name: "act" for sc in config.scalers}
+        self._modes = {sc.name: sc.policy.mode for sc in config.scalers}
         self.server = MetricsServer(
             self.metrics,
             config.metrics_host,
@@ -77,20 +76,23 @@ class Controller:
         )
 
     def _make_scaler(self, sc: ScalerConfig) -> Scaler:
-        source = from_url(sc.source)
+        source: Source | list[NamedSource]
+        if sc.sources is None:
+            source = from_url(sc.source or "")
+        else:
+            source = [NamedSource(spec.label, from_url(spec.url), spec.weight, spec.reserve) for spec in sc.sources]
         pool = self._make_pool(sc)
         loop = ScalerLoop(
             sc.name,
             source,
             pool,
-            sc.policy.model_copy(update={"paused": self._paused[sc.name]}),
+            sc.policy.model_copy(update={"paused": self._paused[sc.name], "mode": self._modes[sc.name]}),
             sc.poll_interval,
             self.metrics,
             acting=self.elector.check,
-            mode=self._modes[sc.name],
             decisions=self.decision_log,
         )
-        return Scaler(sc, source, pool, loop)
+        return Scaler(sc, pool, loop)
 
     # -- the admin API (controller.admin.ScalerControl) ----------------------------------------
 
@@ -138,7 +140,7 @@ class Controller:
         self._modes[name] = mode
         scaler = self.scalers.get(name)
         if scaler is not None:
-            scaler.loop.mode = mode
+            scaler.loop.policy = scaler.loop.policy.model_copy(update={"mode": mode})
             scaler.loop.wake()
         log.info("scaler mode changed", extra={"scaler": name, "mode": mode})
 
@@ -263,8 +265,7 @@ class Controller:
             return_exceptions=True,
         )
         for scaler in self.scalers.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(scaler.source.close(), 2)
+            await scaler.loop.close()
 
 
 async def _adopt(scaler: Scaler) -> None:

@@ -86,11 +86,9 @@ class SessionPool:
 
     @property
     def supply(self) -> Supply:
-        return Supply(open=len(self._open), opening=len(self._opening))
-
-    def session_ages(self) -> list[float]:
         now = self._clock()
-        return [now - record.opened_at for record in self._open.values()]
+        ages = tuple(now - record.opened_at for record in self._open.values())
+        return Supply(open=len(self._open), opening=len(self._opening), ages=ages)
 
     # -- start: re-adopt what the ledger holds -------------------------------------------------
 
@@ -136,7 +134,10 @@ class SessionPool:
         for token in list(reversed(self._opening))[: decision.cancel]:
             self._opening.pop(token).cancel()
             self._metrics.session_closed(self.scaler, "cancelled")
-        for session_id in list(reversed(self._open))[: decision.close]:
+        # Youngest first (least likely to have started work), skipping those within boot_grace.
+        now = self._clock()
+        eligible = [sid for sid, r in reversed(self._open.items()) if now - r.opened_at >= decision.close_min_age]
+        for session_id in eligible[: decision.close]:
             self._start_close(session_id, "closed")
 
     async def _open_one(self, token: int) -> None:

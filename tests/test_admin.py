@@ -22,7 +22,8 @@ from pydantic import SecretStr
 from controller.admin import DECISIONS_KEPT, MAX_BODY, DecisionLog, admin_routes, decision_record
 from controller.config import ConfigError, load_config
 from controller.metrics import Metrics
-from controller.policy import Decision, PolicyState, Supply
+from controller.config import PolicyConfig
+from controller.policy import PolicyState, Supply, decide
 from controller.server import MetricsServer
 from controller.sources import QueueDepth
 
@@ -82,11 +83,9 @@ class FakeControl:
 
 
 def record(scaler: str, tick: int) -> dict[str, Any]:
-    decision = Decision(tick % 7, open=1, cancel=0, close=0, reason=f"tick {tick}", state=PolicyState())
-    depth = QueueDepth(tick, 1) if tick % 3 else None
-    return decision_record(
-        scaler, decision, depth, Supply(open=2, opening=1), mode="act", acted=True, at=1_700_000_000.0 + tick
-    )
+    depth = QueueDepth(tick, 1, oldest_age=0.5) if tick % 3 else None
+    decision = decide(depth, Supply(open=2, opening=1), PolicyConfig(), 1_700_000_000.0 + tick, PolicyState())
+    return decision_record(scaler, decision, acted=True)
 
 
 def check_against_spec(method: str, path: str, status: int, body: Any) -> None:
@@ -308,12 +307,14 @@ async def test_decisions_are_the_last_200_newest_last_and_filter_by_scaler(
     status, body, _ = await client.call("GET", "/decisions?scaler=alpha")
     assert {d["scaler"] for d in body["decisions"]} == {"alpha"}
     assert [d["t"] - 1_700_000_000.0 for d in body["decisions"]] == list(range(51, 250, 2))
+    # Tick 249's read failed: the policy holds the 3 sessions it has.
     assert body["decisions"][-1] == {
-        "t": 1_700_000_249.0, "scaler": "alpha", "depth": None,
-        "sessions": {"open": 2, "opening": 1}, "target": 249 % 7, "to_open": 1, "to_cancel": 0,
-        "to_close": 0, "reason": "tick 249", "mode": "act", "acted": True,
+        "t": 1_700_000_249.0, "scaler": "alpha", "depth": None, "sources": [],
+        "sessions": {"open": 2, "opening": 1}, "target": 3, "to_open": 0, "to_cancel": 0,
+        "to_close": 0, "reason": "read failed: holding 3 (no fallback_sessions)", "mode": "act",
+        "terms": {}, "acted": True,
     }
-    assert body["decisions"][-2]["depth"] == {"waiting": 247, "in_flight": 1, "total": 248}
+    assert body["decisions"][-2]["depth"] == {"waiting": 247, "in_flight": 1, "total": 248, "oldest_age": 0.5}
 
 
 def test_the_decision_log_keeps_copies() -> None:
@@ -322,7 +323,7 @@ def test_the_decision_log_keeps_copies() -> None:
     log.append(entry)
     entry["reason"] = "changed later"
     log.list()[0]["reason"] = "changed by a reader"
-    assert log.list()[0]["reason"] == "tick 1"
+    assert log.list()[0]["reason"] == record("alpha", 1)["reason"]
 
 
 async def test_the_token_never_appears_in_logs_or_answers(

@@ -399,7 +399,10 @@ def test_config_schema_prints_valid_json() -> None:
     assert "api_key" not in defs["VastConfig"].get("required", [])
     lease = defs["SessionConfig"]["properties"]["lease_seconds"]
     assert {alt["type"] for alt in lease["anyOf"]} == {"number", "string"}
-    assert set(defs["ScalerConfig"]["properties"]) == {"name", "source", "endpoint", "poll_interval", "policy", "session"}
+    assert set(defs["ScalerConfig"]["properties"]) == {
+        "name", "source", "sources", "endpoint", "poll_interval", "policy", "session"
+    }
+    assert set(defs["SourceSpec"]["properties"]) == {"url", "name", "weight", "reserve"}
 
 
 DOC = ROOT / "docs/configuration.md"
@@ -479,3 +482,46 @@ def test_docs_list_every_field() -> None:
         text = DOC.read_text()
     assert table in text, "docs/configuration.md is stale: run UPDATE_CONFIG_DOCS=1 pytest tests/test_config.py -k docs"
     assert re.search(r"<!-- fields:start -->\n\| field", text)
+
+
+def test_a_scaler_reads_several_queues_with_weights_and_reserves(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, f"""
+vast: {{api_key: {SECRET}}}
+scalers:
+  - name: render
+    endpoint: ep
+    policy: {{max_sessions: 4}}
+    sources:
+      - {{url: "redis://127.0.0.1:6379/0?list=urgent", name: urgent, weight: 2, reserve: 1}}
+      - {{url: "redis://127.0.0.1:6379/0?list=batch"}}
+"""))
+    (scaler,) = config.scalers
+    assert [(s.label, s.weight, s.reserve) for s in scaler.source_specs] == [
+        ("urgent", 2.0, 1), ("redis://127.0.0.1:6379/0?list=batch", 1.0, 0)
+    ]
+
+
+def test_source_and_sources_are_exclusive_and_reserves_fit(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, f"""
+vast: {{api_key: {SECRET}}}
+scalers:
+  - name: both
+    endpoint: ep
+    source: "redis://127.0.0.1:6379/0?list=a"
+    sources: [{{url: "redis://127.0.0.1:6379/0?list=b"}}]
+  - name: neither
+    endpoint: ep
+  - name: greedy
+    endpoint: ep
+    policy: {{max_sessions: 2}}
+    sources:
+      - {{url: "redis://127.0.0.1:6379/0?list=a", name: a, reserve: 2}}
+      - {{url: "redis://127.0.0.1:6379/0?list=b", name: a, reserve: 1}}
+  - name: badurl
+    endpoint: ep
+    sources: [{{url: "kafka://broker/topic"}}]
+"""))
+    assert any(p.startswith("scalers[0].source: set exactly one of source") for p in found), found
+    assert any(p.startswith("scalers[1].source: set exactly one of source") for p in found), found
+    assert any(p.startswith("scalers[2].sources: names must be unique, a repeats") for p in found), found
+    assert any(p.startswith("scalers[3].sources[0].url: unknown source URL scheme") for p in found), found

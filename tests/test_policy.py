@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
+from pydantic import ValidationError
+
 from controller.config import PolicyConfig
-from controller.policy import Decision, PolicyState, Supply, budget_cap, decide
+from controller.policy import Decision, PolicyState, SourceDepth, Supply, budget_cap, decide
 from controller.sources import QueueDepth
 
 
@@ -227,3 +233,280 @@ def test_decide_is_deterministic() -> None:
     config = policy(max_opens_per_tick=2)
     args = (QueueDepth(9, 1), Supply(1, 1), config, 5.0, PolicyState(window=((1.0, 4),)))
     assert decide(*args) == decide(*args)
+
+
+# ---- advise mode ----------------------------------------------------------------------------
+
+
+def test_advise_mode_decides_the_same_steps_but_does_not_act() -> None:
+    state = PolicyState(window=((0.0, 6),))
+    acting = decide(QueueDepth(2, 1), Supply(4, 1), policy(), 5.0, state)
+    advising = decide(QueueDepth(2, 1), Supply(4, 1), policy(mode="advise"), 5.0, state)
+    assert acting.act and not advising.act
+    assert (advising.target, advising.open, advising.cancel, advising.close, advising.reason) == (
+        acting.target, acting.open, acting.cancel, acting.close, acting.reason
+    )
+    assert advising.state == acting.state
+    assert advising.as_log()["mode"] == "advise" and acting.as_log()["mode"] == "act"
+
+
+# ---- warm buffer ------------------------------------------------------------------------------
+
+
+def test_the_buffer_adds_sessions_while_there_is_work_and_goes_at_idle() -> None:
+    config = policy(buffer_sessions=2, scale_down_delay=10)
+    reads = [(0.0, QueueDepth(3, 0)), (1.0, QueueDepth(0, 1)), (5.0, QueueDepth(0, 0))]
+    reads += [(10.9, QueueDepth(0, 0)), (11.0, QueueDepth(0, 0))]
+    decisions = run(config, reads, Supply(0, 0))
+    assert [d.target for d in decisions] == [5, 5, 5, 3, 0]
+    assert dict(decisions[0].terms) == {"work": 3, "buffer": 2}
+    assert dict(decisions[2].terms) == {"work": 0}
+
+
+def test_the_buffer_stays_within_the_caps_and_does_not_wake_below_activation() -> None:
+    capped = policy(buffer_sessions=2, max_sessions=4)
+    assert decide(QueueDepth(3, 0), Supply(0, 0), capped, 0.0, PolicyState()).target == 4
+    asleep = policy(buffer_sessions=2, activation=2)
+    assert decide(QueueDepth(1, 0), Supply(0, 0), asleep, 0.0, PolicyState()).target == 0
+
+
+# ---- rate-aware pre-warming ---------------------------------------------------------------------
+
+
+def test_prewarming_covers_the_arrival_rate_times_the_unit_time() -> None:
+    # A tiny rate_window: the average is the last interval's rate, so the numbers are exact.
+    config = policy(seconds_per_unit=3, rate_window=0.001)
+    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(2, 0), Supply(0, 0), config, 1.0, first.state)
+    assert second.terms == (("work", 2), ("rate", pytest.approx(2.0)), ("prewarm", 6), ("lead", 0))
+    assert (second.target, second.open) == (6, 6)
+    assert "(pre-warm for 2 units/s)" in second.reason
+
+
+def test_in_a_steady_state_prewarming_asks_for_the_in_flight_work() -> None:
+    # Depth unchanged over 2 s with 4 in flight at 4 s a unit: 2 completed, so 2 arrived.
+    config = policy(seconds_per_unit=4, rate_window=0.001, work_per_session=2)
+    first = decide(QueueDepth(0, 4), Supply(2, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(0, 4), Supply(2, 0), config, 2.0, first.state)
+    assert dict(second.terms)["rate"] == pytest.approx(1.0)
+    assert (dict(second.terms)["prewarm"], second.target) == (2, 2)
+
+
+def test_the_rate_is_an_average_over_rate_window() -> None:
+    config = policy(lead_time=10, rate_window=10)
+    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(5, 0), Supply(0, 0), config, 10.0, first.state)
+    # One interval as long as the window weighs 1 - 1/e; its rate is 0.5 units/s.
+    rate = 0.5 * (1 - math.exp(-1))
+    assert dict(second.terms)["rate"] == pytest.approx(rate)
+    assert second.target == math.ceil(5 + rate * 10) == 9
+
+
+def test_lead_time_opens_for_the_work_arriving_while_sessions_start() -> None:
+    config = policy(lead_time=5, rate_window=0.001)
+    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(2, 0), Supply(0, 0), config, 2.0, first.state)
+    assert dict(second.terms) == {"work": 2, "rate": pytest.approx(1.0), "prewarm": 0, "lead": 7}
+    assert second.target == 7
+
+
+def test_without_seconds_per_unit_a_draining_queue_is_no_negative_rate() -> None:
+    config = policy(lead_time=5, rate_window=0.001, scale_down_delay=0)
+    first = decide(QueueDepth(9, 0), Supply(9, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(3, 0), Supply(9, 0), config, 1.0, first.state)
+    assert dict(second.terms)["rate"] == 0.0
+    assert (second.target, second.close) == (3, 6)
+
+
+def test_prewarming_stops_at_idle_so_the_scaler_reaches_zero() -> None:
+    config = policy(seconds_per_unit=60, rate_window=600, scale_down_delay=5)
+    state, supply = PolicyState(), Supply(0, 0)
+    reads = [(0.0, QueueDepth(0, 0)), (1.0, QueueDepth(0, 10)), (30.0, QueueDepth(0, 10))]
+    for now, depth in [*reads, (31.0, QueueDepth(0, 0))]:
+        decision = decide(depth, supply, config, now, state)
+        state, supply = decision.state, Supply(after(supply, decision).total, 0)
+    assert state.rate is not None and state.rate.rate > 0
+    idle = decide(QueueDepth(0, 0), supply, config, 36.0, state)
+    assert (idle.target, idle.close) == (0, supply.open)
+
+
+def test_a_clock_stepping_back_restarts_the_rate_interval() -> None:
+    config = policy(seconds_per_unit=10, rate_window=0.001)
+    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 100.0, PolicyState())
+    second = decide(QueueDepth(4, 0), Supply(0, 0), config, 101.0, first.state)
+    stepped = decide(QueueDepth(50, 0), Supply(4, 0), config, 50.0, second.state)
+    assert stepped.state.rate is not None
+    assert stepped.state.rate.rate == second.state.rate.rate and stepped.state.rate.at == 50.0
+
+
+# ---- several queues -----------------------------------------------------------------------------
+
+
+def test_weights_count_each_source_units_that_many_times() -> None:
+    sources = [SourceDepth("urgent", QueueDepth(2, 1), weight=2), SourceDepth("batch", QueueDepth(2, 0))]
+    decision = decide(sources, Supply(0, 0), policy(), 0.0, PolicyState())
+    assert decision.target == 8
+    assert decision.reason == "scale up: 5 units waiting+in flight -> 8 sessions"
+
+
+def test_a_light_weight_never_leaves_in_flight_work_without_sessions() -> None:
+    sources = [SourceDepth("batch", QueueDepth(2, 4), weight=0.5)]
+    decision = decide(sources, Supply(4, 0), policy(scale_down_delay=0), 0.0, PolicyState())
+    assert (decision.target, decision.close) == (4, 0)
+
+
+def test_a_reserve_holds_sessions_of_the_cap_back_for_its_source() -> None:
+    config = policy(max_sessions=10)
+
+    def target(urgent: int, batch: int, batch_in_flight: int = 0) -> Decision:
+        sources = [
+            SourceDepth("urgent", QueueDepth(urgent, 0), reserve=3),
+            SourceDepth("batch", QueueDepth(batch, batch_in_flight)),
+        ]
+        return decide(sources, Supply(0, 0), config, 0.0, PolicyState())
+
+    idle_urgent = target(0, 20)
+    assert idle_urgent.target == 7
+    assert "(reserve: 3 sessions held back)" in idle_urgent.reason
+    assert dict(idle_urgent.terms)["held_back"] == 3
+    assert target(1, 20).target == 8
+    assert target(5, 20).target == 10
+    assert target(2, 0).target == 2  # a reserve never limits its own source
+    assert target(0, 3).target == 3  # nor anything below the cap
+    # Reserves stop new sessions only: running work keeps its sessions.
+    assert target(0, 0, batch_in_flight=9).target == 9
+
+
+def test_a_reserve_is_held_back_from_the_budget_too() -> None:
+    config = policy(max_cost_per_hour=5.0, price_per_session_hour=1.0)
+    sources = [SourceDepth("urgent", QueueDepth(0, 0), reserve=2), SourceDepth("batch", QueueDepth(9, 0))]
+    assert decide(sources, Supply(0, 0), config, 0.0, PolicyState()).target == 3
+
+
+def test_an_unreadable_source_stops_scaling_down_but_not_up() -> None:
+    config = policy(scale_down_delay=0)
+    broken = SourceDepth("b", None)
+    held = decide([SourceDepth("a", QueueDepth(1, 0)), broken], Supply(5, 0), config, 0.0, PolicyState())
+    assert (held.target, held.close) == (5, 0)
+    assert "not scaling down: b unreadable" in held.reason
+    up = decide([SourceDepth("a", QueueDepth(8, 0)), broken], Supply(5, 0), config, 1.0, held.state)
+    assert (up.target, up.open) == (8, 3)
+    assert up.state.failing_since is None
+
+
+def test_every_source_unreadable_is_a_failed_read() -> None:
+    config = policy(error_hold=0, fallback_sessions=1)
+    sources = [SourceDepth("a", None), SourceDepth("b", None)]
+    decision = decide(sources, Supply(4, 0), config, 0.0, PolicyState())
+    assert (decision.target, decision.close) == (1, 3)
+    assert decision.reason.startswith("read failed")
+    assert decision.as_log()["depth"] is None
+
+
+# ---- queue age ------------------------------------------------------------------------------------
+
+
+def test_old_waiting_work_gets_sessions_beyond_the_open_ones() -> None:
+    config = policy(max_wait=60)
+    # 4 open sessions and 3 units in flight would be enough by depth; the oldest unit says not.
+    stuck = decide(QueueDepth(2, 3, oldest_age=90.0), Supply(4, 0), config, 0.0, PolicyState())
+    assert (stuck.target, stuck.open) == (6, 2)
+    assert dict(stuck.terms)["age"] == 6
+    assert "oldest waited 90s > max_wait 60s" in stuck.reason
+    # The sessions requested count: no second request while they start.
+    starting = decide(QueueDepth(2, 3, oldest_age=91.0), Supply(4, 2), config, 1.0, stuck.state)
+    assert starting.open == 0
+    fresh = decide(QueueDepth(2, 3, oldest_age=30.0), Supply(4, 0), config, 0.0, PolicyState())
+    unknown = decide(QueueDepth(2, 3), Supply(4, 0), config, 0.0, PolicyState())
+    assert fresh.target == unknown.target == 5
+    # While old work waits, nothing opening is cancelled.
+    kept = decide(QueueDepth(1, 0, oldest_age=61.0), Supply(0, 3), config, 0.0, PolicyState())
+    assert (kept.target, kept.cancel) == (3, 0)
+
+
+def test_old_work_wakes_a_scaler_below_activation() -> None:
+    config = policy(activation=5, max_wait=60)
+    decision = decide(QueueDepth(1, 0, oldest_age=61.0), Supply(0, 0), config, 0.0, PolicyState())
+    assert (decision.target, decision.open) == (1, 1)
+
+
+# ---- boot grace ---------------------------------------------------------------------------------------
+
+
+def test_boot_grace_protects_young_sessions_from_closing() -> None:
+    config = policy(boot_grace=60, scale_down_delay=0)
+    supply = Supply(open=3, opening=1, ages=(5.0, 500.0, 59.9))
+    decision = decide(QueueDepth(0, 0), supply, config, 0.0, PolicyState())
+    assert (decision.target, decision.cancel, decision.close) == (0, 1, 1)
+    assert decision.close_min_age == 60
+    assert decision.reason.endswith("(boot grace: 2 sessions too young to close)")
+    unknown = decide(QueueDepth(0, 0), Supply(3, 1), config, 0.0, PolicyState())
+    assert unknown.close == 3
+
+
+def test_supply_ages_must_match_the_open_sessions() -> None:
+    with pytest.raises(ValueError, match="ages: expected one per open session"):
+        Supply(open=2, opening=0, ages=(1.0,))
+
+
+# ---- the decision log -----------------------------------------------------------------------------
+
+
+def test_a_decision_logs_its_inputs_steps_and_reason() -> None:
+    config = policy(buffer_sessions=1)
+    decision = decide(QueueDepth(3, 1, oldest_age=2.5), Supply(1, 1), config, 7.0, PolicyState())
+    assert decision.as_log() == {
+        "t": 7.0,
+        "depth": {"waiting": 3, "in_flight": 1, "total": 4, "oldest_age": 2.5},
+        "sources": [],
+        "sessions": {"open": 1, "opening": 1},
+        "target": 5,
+        "to_open": 3,
+        "to_cancel": 0,
+        "to_close": 0,
+        "reason": "scale up: 4 units waiting+in flight -> 5 sessions",
+        "mode": "act",
+        "terms": {"work": 4, "buffer": 1},
+    }
+
+
+def test_a_decision_log_lists_each_source() -> None:
+    sources = [SourceDepth("a", QueueDepth(1, 0), weight=2.0, reserve=1), SourceDepth("b", None)]
+    entry = decide(sources, Supply(0, 0), policy(), 0.0, PolicyState()).as_log()
+    assert entry["depth"] == {"waiting": 1, "in_flight": 0, "total": 1, "oldest_age": None}
+    assert entry["sources"] == [
+        {"name": "a", "weight": 2.0, "reserve": 1,
+         "waiting": 1, "in_flight": 0, "total": 1, "oldest_age": None},
+        {"name": "b", "weight": 1.0, "reserve": 0},
+    ]
+
+
+# ---- the issue-8 settings ---------------------------------------------------------------------------
+
+
+def test_every_new_setting_is_off_by_default() -> None:
+    config = policy()
+    assert (config.mode, config.buffer_sessions, config.seconds_per_unit, config.lead_time) == ("act", 0, None, 0)
+    assert (config.max_wait, config.boot_grace, config.estimates_rate) == (None, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"rate_window": "5m"}, "rate_window: only used with seconds_per_unit or lead_time"),
+        ({"mode": "dry"}, "mode"),
+        ({"seconds_per_unit": 0}, "seconds_per_unit"),
+        ({"max_wait": "0s"}, "max_wait"),
+        ({"buffer_sessions": -1}, "buffer_sessions"),
+        ({"lead_time": "-1s"}, "lead_time"),
+    ],
+)
+def test_bad_settings_name_the_field(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        policy(**fields)
+
+
+def test_durations_are_accepted_with_units() -> None:
+    config = policy(seconds_per_unit="1m", lead_time="30s", rate_window="10m", max_wait="2m", boot_grace="90s")
+    assert (config.seconds_per_unit, config.lead_time, config.rate_window) == (60, 30, 600)
+    assert (config.max_wait, config.boot_grace, config.estimates_rate) == (120, 90, True)

@@ -7,13 +7,16 @@ spec states them, computed here independently of controller/policy.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.config import PolicyConfig
-from controller.policy import Decision, PolicyState, Supply, decide
+from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
 from controller.sources import QueueDepth
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -250,3 +253,343 @@ def test_at_zero_work_at_or_above_activation_wakes_the_scaler(
     check_decision(decision, Supply(0, 0), depth, config)
     assert decision.target == within(config, work_sessions(config, depth, Supply(0, 0)))
     assert decision.open == min(decision.target, config.max_opens_per_tick)
+
+
+# ---- issue 8: advise, buffer, pre-warming, several queues, queue age, boot grace ------------------
+
+
+@st.composite
+def feature_configs(draw: st.DrawFn, **fixed: Any) -> PolicyConfig:
+    """A random base config with every issue-8 feature drawn on or off."""
+    base = draw(configs()).model_dump(exclude_unset=True)
+    seconds_per_unit = draw(st.none() | st.sampled_from([1.0, 30.0, 60.0]))
+    lead_time = draw(st.sampled_from([0.0, 0.0, 5.0, 30.0]))
+    rate = {}
+    if seconds_per_unit is not None or lead_time:
+        rate = {"rate_window": draw(st.sampled_from([0.001, 10.0, 60.0]))}
+    fields = {
+        **base,
+        "mode": draw(st.sampled_from(["act", "advise"])),
+        "buffer_sessions": draw(st.sampled_from([0, 0, 1, 3])),
+        "seconds_per_unit": seconds_per_unit,
+        "lead_time": lead_time,
+        **rate,
+        "max_wait": draw(st.none() | st.sampled_from([0.5, 10.0, 60.0])),
+        "boot_grace": draw(st.sampled_from([0.0, 0.0, 1.0, 5.0, 60.0])),
+        **fixed,
+    }
+    return PolicyConfig(**fields)
+
+
+ages = st.none() | st.sampled_from([0.0, 0.4, 5.0, 11.0, 100.0])
+aged_depths = st.builds(QueueDepth, counts, counts, ages)
+weights = st.sampled_from([0.1, 0.5, 1.0, 1.0, 1.5, 2.0, 3.0])
+source_lists = st.lists(
+    st.builds(SourceDepth, st.sampled_from(["a", "b", "c", "d"]), st.none() | aged_depths, weights,
+              st.sampled_from([0, 0, 1, 2, 5])),
+    min_size=1,
+    max_size=4,
+)
+observations = st.none() | aged_depths | source_lists
+
+
+def readable(observation: Observation) -> list[SourceDepth]:
+    if observation is None:
+        return []
+    if isinstance(observation, QueueDepth):
+        return [SourceDepth("", observation)]
+    return [s for s in observation if s.depth is not None]
+
+
+def partial(observation: Observation) -> bool:
+    return not isinstance(observation, QueueDepth) and observation is not None and any(
+        s.depth is None for s in observation
+    ) and bool(readable(observation))
+
+
+def units(sources: Sequence[SourceDepth], part: str = "total") -> int:
+    return sum(getattr(s.depth, part) for s in sources)
+
+
+def weighted_need(config: PolicyConfig, sources: Sequence[SourceDepth], supply: Supply) -> int:
+    """Sessions the weighted work asks for (in flight always counted), activation-gated."""
+    if supply.total == 0 and units(sources) < config.activation:
+        return 0
+    weighted = sum((Fraction(str(s.weight)) * s.depth.total for s in sources), Fraction(0))
+    return ceil_div_fraction(max(weighted, Fraction(units(sources, "in_flight"))), config.work_per_session)
+
+
+def ceil_div_fraction(value: Fraction, by: int) -> int:
+    return -(-value.numerator // (value.denominator * by))
+
+
+def reserve_allowance(config: PolicyConfig, sources: Sequence[SourceDepth]) -> int | None:
+    """At most this many sessions while some sources hold reserves (None: no reserves)."""
+    reserving = [s for s in sources if s.reserve]
+    if not reserving:
+        return None
+    _, upper = caps(config)
+    own = sum(
+        min(ceil_div_fraction(Fraction(str(s.weight)) * s.depth.total, config.work_per_session), s.reserve)
+        for s in reserving
+    )
+    return own + max(0, upper - sum(s.reserve for s in reserving))
+
+
+class Pool:
+    """The pool as the loop drives it: applies only acting decisions, closes the youngest
+    sessions old enough (close_min_age), grants opens later, and consumers release sessions."""
+
+    def __init__(self, supply: Supply):
+        self.granted = [-100.0 * (n + 1) for n in range(supply.open)]  # grant times, oldest first
+        self.granted.sort()
+        self.opening = supply.opening
+
+    def supply(self, now: float) -> Supply:
+        return Supply(len(self.granted), self.opening, tuple(now - at for at in self.granted))
+
+    def apply(self, decision: Decision, now: float) -> None:
+        if not decision.act:
+            return
+        self.opening += decision.open - decision.cancel
+        eligible = [at for at in reversed(self.granted) if now - at >= decision.close_min_age]
+        for at in eligible[: decision.close]:
+            self.granted.remove(at)
+
+    def settle(self, now: float, granted: int, released: int) -> None:
+        granted = min(granted, self.opening)
+        self.opening -= granted
+        self.granted += [now] * granted
+        del self.granted[: min(released, len(self.granted))]
+
+
+def check_feature_decision(
+    decision: Decision, supply: Supply, observation: Observation, config: PolicyConfig
+) -> None:
+    """The rules every decision obeys with any features on."""
+    lower, upper = caps(config)
+    after = applied(supply, decision)
+    closable = supply.closable(config.boot_grace)
+    assert decision.act == (config.mode == "act")
+    assert decision.close_min_age == config.boot_grace
+    assert min(decision.open, decision.cancel, decision.close) >= 0
+    assert decision.open <= config.max_opens_per_tick
+    assert decision.cancel <= supply.opening and decision.close <= closable, "closed a young session"
+    assert not (decision.open and (decision.cancel or decision.close)), "opens and closes at once"
+    if decision.close:
+        assert decision.cancel == supply.opening, "closed an open session while one was still opening"
+    if config.paused:
+        assert (decision.target, decision.open, decision.cancel, decision.close) == (supply.total, 0, 0, 0)
+        return
+    assert lower <= decision.target <= upper
+    if decision.open or decision.cancel or decision.close:
+        assert (
+            after.total == decision.target
+            or decision.open == config.max_opens_per_tick
+            or decision.close == closable
+        ), "an action that stops short of the target, neither step-limited nor grace-limited"
+    sources = readable(observation)
+    if not sources:
+        return
+    step_limit = supply.total + config.max_opens_per_tick
+    in_flight = ceil_div(units(sources, "in_flight"), config.work_per_session)
+    assert after.total >= min(in_flight, upper, supply.total), "closed below in-flight work"
+    if partial(observation):
+        assert after.total >= min(supply.total, upper), "scaled down with a source unreadable"
+    if reserve_allowance(config, sources) is None:
+        need = weighted_need(config, sources, supply)
+        assert after.total >= min(need, upper, step_limit), "fewer sessions than the work"
+        if config.max_wait is not None:
+            aged = sum(
+                s.depth.waiting for s in sources
+                if s.depth.waiting and s.depth.oldest_age is not None and s.depth.oldest_age > config.max_wait
+            )
+            if aged:
+                by_age = supply.open + ceil_div(aged, config.work_per_session)
+                assert decision.target >= min(by_age, upper), "old work got no sessions"
+                assert after.total >= min(supply.total, upper), "scaled down while old work waits"
+
+
+@dataclass(frozen=True)
+class FeatureStep:
+    after: float
+    observation: Observation
+    granted: int
+    released: int
+
+
+feature_steps = st.builds(
+    FeatureStep,
+    st.sampled_from([0.0, 0.05, 0.5, 1.0, 2.0, 7.0, 40.0]),
+    observations,
+    st.integers(0, 5),
+    st.integers(0, 2),
+)
+
+
+@SETTINGS
+@given(
+    config=feature_configs(),
+    supply=supplies,
+    history=st.lists(feature_steps, min_size=1, max_size=40),
+)
+def test_with_any_features_every_decision_obeys_the_rules(
+    config: PolicyConfig, supply: Supply, history: list[FeatureStep]
+) -> None:
+    pool, state, now = Pool(supply), PolicyState(), 1000.0
+    _, upper = caps(config)
+    for step in history:
+        supply = pool.supply(now)
+        decision = decide(step.observation, supply, config, now, state)
+        check_feature_decision(decision, supply, step.observation, config)
+        assert len(decision.state.window) <= upper + 1
+        state = decision.state
+        pool.apply(decision, now)
+        now += step.after
+        pool.settle(now, step.granted, step.released)
+
+
+@SETTINGS
+@given(
+    config=feature_configs(mode="act"),
+    supply=supplies,
+    history=st.lists(feature_steps, min_size=1, max_size=30),
+)
+def test_advise_mode_never_acts_and_would_do_what_act_mode_does(
+    config: PolicyConfig, supply: Supply, history: list[FeatureStep]
+) -> None:
+    advise = config.model_copy(update={"mode": "advise"})
+    pool, state, now = Pool(supply), PolicyState(), 1000.0
+    for step in history:
+        supply = pool.supply(now)
+        advised = decide(step.observation, supply, advise, now, state)
+        acted = decide(step.observation, supply, config, now, state)
+        assert not advised.act and acted.act
+        assert advised == replace(acted, act=False)
+        state = advised.state
+        pool.apply(advised, now)  # a no-op: the sessions change only by grants and releases
+        now += step.after
+        pool.settle(now, step.granted, step.released)
+
+
+@SETTINGS
+@given(
+    config=feature_configs(paused=False),
+    supply=supplies,
+    busy=st.lists(feature_steps, max_size=20),
+    idle_ticks=st.lists(st.sampled_from([0.05, 0.5, 1.0, 7.0]), min_size=1, max_size=10),
+)
+def test_after_scale_down_delay_without_work_the_buffer_and_prewarming_are_gone(
+    config: PolicyConfig, supply: Supply, busy: list[FeatureStep], idle_ticks: list[float]
+) -> None:
+    pool, state, now = Pool(supply), PolicyState(), 1000.0
+    for step in busy:
+        decision = decide(step.observation, pool.supply(now), config, now, state)
+        state = decision.state
+        pool.apply(decision, now)
+        now += step.after
+        pool.settle(now, step.granted, step.released)
+    # The queue empties for good; the scaler ticks through the delay and past it.
+    idle_since = now
+    for gap in [*idle_ticks, config.scale_down_delay]:
+        decision = decide(QueueDepth(0, 0), pool.supply(now), config, now, state)
+        state = decision.state
+        pool.apply(decision, now)
+        now += gap
+        pool.settle(now, 0, 0)
+    decision = decide(QueueDepth(0, 0), pool.supply(now), config, now, state)
+    assert now - idle_since >= config.scale_down_delay
+    assert decision.target == within(config, 0), "idle, yet more than min_sessions wanted"
+    assert dict(decision.terms) == {"work": 0}
+
+
+@SETTINGS
+@given(
+    config=configs(),
+    buffer=st.integers(0, 4),
+    depth=depths,
+)
+def test_the_buffer_adds_exactly_its_sessions_while_there_is_work(
+    config: PolicyConfig, buffer: int, depth: QueueDepth
+) -> None:
+    with_buffer = config.model_copy(update={"buffer_sessions": buffer})
+    need = work_sessions(config, depth, Supply(0, 0))
+    decision = decide(depth, Supply(0, 0), with_buffer, 0.0, PolicyState())
+    assert decision.target == within(config, need + buffer if need else 0)
+
+
+@SETTINGS
+@given(
+    config=configs(),
+    buffer=st.sampled_from([0, 0, 2]),
+    sources=source_lists.filter(lambda sources: all(s.depth is not None for s in sources)),
+    supply=supplies,
+)
+def test_weights_and_reserves_respect_the_caps(
+    config: PolicyConfig, buffer: int, sources: list[SourceDepth], supply: Supply
+) -> None:
+    config = config.model_copy(update={"buffer_sessions": buffer})
+    lower, upper = caps(config)
+    decision = decide(sources, supply, config, 0.0, PolicyState())
+    need = weighted_need(config, sources, supply)
+    if need:
+        need += buffer
+    allowance = reserve_allowance(config, sources)
+    if allowance is not None:
+        in_flight = ceil_div(units(sources, "in_flight"), config.work_per_session)
+        need = min(need, max(allowance, in_flight))
+    # From a fresh state the target is the wanted count itself, whatever the supply.
+    assert decision.target == within(config, need)
+    assert lower <= decision.target <= upper
+    if allowance is not None and decision.target > max(lower, allowance):
+        # Beyond the allowance only for work already running.
+        assert decision.target <= ceil_div(units(sources, "in_flight"), config.work_per_session)
+
+
+@SETTINGS
+@given(
+    config=feature_configs(),
+    observation=observations,
+    open_ages=st.lists(st.sampled_from([0.0, 0.5, 0.99, 1.0, 4.9, 5.0, 59.0, 61.0, 1e4]), max_size=30),
+    opening=st.integers(0, 5),
+    window=st.lists(st.tuples(st.floats(0, 100), st.integers(0, 30)), max_size=5),
+)
+def test_boot_grace_never_closes_a_young_session(
+    config: PolicyConfig,
+    observation: Observation,
+    open_ages: list[float],
+    opening: int,
+    window: list[tuple[float, int]],
+) -> None:
+    supply = Supply(len(open_ages), opening, tuple(open_ages))
+    decision = decide(observation, supply, config, 50.0, PolicyState(window=tuple(sorted(window))))
+    check_feature_decision(decision, supply, observation, config)
+    assert decision.close <= sum(age >= config.boot_grace for age in open_ages)
+
+
+@SETTINGS
+@given(
+    config=feature_configs(),
+    observation=observations.filter(lambda o: o is not None),
+    supply=supplies,
+    tick=st.sampled_from([0.05, 1.0, 3.0]),
+)
+def test_a_constant_queue_does_not_flap_with_any_features(
+    config: PolicyConfig, observation: Observation, supply: Supply, tick: float
+) -> None:
+    state, now = PolicyState(), 0.0
+    directions: set[str] = set()
+    for _ in range(int(config.scale_down_delay / tick) + 80):
+        decision = decide(observation, supply, config, now, state)
+        check_feature_decision(decision, supply, observation, config)
+        if decision.act and decision.open:
+            directions.add("up")
+        if decision.act and (decision.cancel or decision.close):
+            directions.add("down")
+        state = decision.state
+        # Opens are granted a tick later; advice changes nothing.
+        opened = decision.open if decision.act else 0
+        after = applied(supply, decision) if decision.act else supply
+        supply = Supply(after.total - opened, opened)
+        now += tick
+    assert len(directions) <= 1, f"flapped: both {directions}"

@@ -37,6 +37,16 @@ class Policy:
 
 POLICIES: dict[str, Policy] = {
     "ours": Policy("ours", ours(), ours=True),
+    # Issue 8's cost-for-wait features, one row each (see bench/notes.md).
+    "ours+buffer": Policy("ours + buffer_sessions 1", ours(buffer_sessions=1), ours=True),
+    "ours+prewarm": Policy(
+        "ours + pre-warm (60 s/unit, 10 min)", ours(seconds_per_unit=60, rate_window=600), ours=True
+    ),
+    "ours+prewarm+buffer": Policy(
+        "ours + pre-warm + buffer 1",
+        ours(seconds_per_unit=60, rate_window=600, buffer_sessions=1),
+        ours=True,
+    ),
     "keda-scaledobject": Policy(
         "KEDA ScaledObject+HPA", lambda m: KedaScaledObject(m.max_workers, m.seed)
     ),

@@ -43,13 +43,19 @@ class Ours:
         self.state = PolicyState()
 
     def tick(self, now: float, world: World) -> float:
-        depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight)
-        supply = Supply(open=world.sessions_open, opening=world.sessions_opening)
+        oldest = now - world.trace.arrivals[world.queue[0]] if world.queue else None
+        depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
+        ages = tuple(now - at for at in world.granted_at.values())
+        supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages)
         decision = decide(depth, supply, self.config, now, self.state)
         self.state = decision.state
-        # SessionPool.apply's order: cancel the youngest requests, close the youngest sessions.
+        if not decision.act:
+            return self.poll_interval
+        # SessionPool.apply's order: cancel the youngest requests, close the youngest sessions
+        # old enough to close (boot grace), open.
         world.cancel_youngest(decision.cancel)
-        world.close_youngest(decision.close)
+        eligible = [s for s, at in reversed(world.granted_at.items()) if now - at >= decision.close_min_age]
+        world.close(eligible[: decision.close])
         world.open(decision.open)
         return self.poll_interval
 

@@ -155,6 +155,18 @@ async def take(queue: StreamQueue | ListQueue, wait: bool) -> tuple[str, dict[st
         return None
 
 
+async def take_unless_stopped(queue: StreamQueue | ListQueue, stop: asyncio.Event) -> tuple[str, dict[str, Any]] | None:
+    """A blocking take that gives up the moment we are told to stop, so no unit arrives after it."""
+    read = asyncio.ensure_future(take(queue, wait=True))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if read.done():
+        return read.result()
+    read.cancel()
+    return None
+
+
 async def consume(stop: asyncio.Event) -> None:
     name = os.environ.get("CONSUMER_NAME") or os.environ.get("VAST_WORKER_ID") or os.environ.get(
         "CONTAINER_ID"
@@ -168,7 +180,7 @@ async def consume(stop: asyncio.Event) -> None:
     log.info("consumer %s started", name)
     taken = None
     while not stop.is_set():
-        taken = taken or await take(queue, wait=True)
+        taken = taken or await take_unless_stopped(queue, stop)
         if taken is None:
             continue
         handle, job = taken
