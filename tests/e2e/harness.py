@@ -48,7 +48,8 @@ class ControllerProcess:
     def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None):
         self.workdir = workdir
         self.port = config.setdefault("metrics_port", free_port())
-        config.setdefault("state_dir", str(workdir / "state"))
+        if "state_url" not in config:
+            config.setdefault("state_dir", str(workdir / "state"))
         config.setdefault("log_format", "json")
         self.config = config
         self.config_path = workdir / "config.yaml"
@@ -247,3 +248,15 @@ async def creates(emulator) -> int:
 
 async def none_left(emulator) -> bool:
     return await count(emulator) == 0
+
+
+async def post(url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        async with http.post(url, json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+
+def log_events(state: dict[str, Any], event: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """The emulator's session log entries of one event (and kind: session or reservation)."""
+    return [e for e in state["session_log"] if e["event"] == event and (kind is None or e.get("kind") == kind)]

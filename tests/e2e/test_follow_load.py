@@ -23,8 +23,8 @@ from support import free_port
 CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
 POLL = 0.5
 JOB_SECONDS = 2.0
-#: (seconds, jobs per second): up, plateau, down, then nothing.
-LOAD = [(8, 1.0), (12, 2.5), (8, 0.5)]
+#: (seconds, jobs per second): 60 s of changing load, then nothing.
+LOAD = [(15, 1.0), (20, 2.5), (10, 0.5), (15, 1.5)]
 
 
 async def produce(queue, produced: list[tuple[float, str]]) -> None:
@@ -72,7 +72,7 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
                 if name in ("vqs_sessions_open", "vqs_sessions_opening")
             )
             samples.append((time.monotonic(), await depth(queue.client, queue.stream, queue.group), int(supply)))
-            assert samples[-1][0] - samples[0][0] < 120, "the work did not drain within 2 minutes"
+            assert samples[-1][0] - samples[0][0] < 150, "the work did not drain within 90 s of the load's end"
             await asyncio.sleep(0.25)
         await producer
 
@@ -82,7 +82,7 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
 
     # Every unit processed exactly once.
     assert sorted(job["id"] for job in done) == sorted(job_id for _, job_id in produced)
-    assert len(produced) >= 30
+    assert len(produced) >= 80
     # Sessions follow the work within one poll interval (with its jitter) and a sampling step:
     # every unit that arrived before that has a session (open or opening) ...
     lag = POLL * 1.1 + 0.3

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from harness import (
-    count, creates, metric_is, no_sessions, none_left, release, scaler_config, sessions, wait_for,
+    assert_no_secrets, count, creates, metric_is, no_sessions, none_left, release, scaler_config, sessions,
+    wait_for,
 )
 from support import free_port
 
@@ -32,6 +33,8 @@ async def test_one_message_wakes_the_scaler_and_a_release_ends_its_session(emula
     await wait_for(lambda: metric_is(controller, "vqs_sessions_open", 0), 10, what="controller to see it")
     assert await controller.metric("vqs_sessions_closed_total", scaler="jobs", reason="released") == 1
     assert await controller.metric("vqs_sessions_opened_total", scaler="jobs") == 1
+    for path in ("/metrics", "/status", "/decisions"):
+        assert_no_secrets((await controller.get(path))[1], where=path)
 
 
 
