@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,16 @@ def redis_url() -> Iterator[str]:
             yield url
     else:
         pytest.skip("no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or put redis-server on PATH")
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Any]:
+    """A client of `redis_url` that decodes replies to str."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
 
 
 async def _has_jetstream(url: str) -> bool:

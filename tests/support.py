@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import asyncio
+import inspect
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: How long a private server may take to accept connections.
 START_SECONDS = 15.0
@@ -113,3 +116,17 @@ async def silent_server() -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.1) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)

@@ -87,31 +87,35 @@ class InprocessWorkers:
             return _error(503, f"worker {worker_id} is not running ({worker.state})")
         return engine, worker
 
+    async def _worker_and_body(self, request: web.Request) -> tuple[Engine, Worker, dict] | web.Response:
+        """The running worker a request is for, and its JSON body (or the error answer)."""
+        found = self._worker(request)
+        if isinstance(found, web.Response):
+            return found
+        data = await _body(request)
+        if isinstance(data, web.Response):
+            return data
+        return (*found, data)
+
     async def _session_request(
         self, request: web.Request
     ) -> tuple[Engine, Worker, dict, SessionInfo | None] | web.Response:
         """The worker, the body and the session it names; the shared checks of end/get/health."""
-        found = self._worker(request)
+        found = await self._worker_and_body(request)
         if isinstance(found, web.Response):
             return found
-        data = await _body(request)
-        if isinstance(data, web.Response):
-            return data
+        engine, worker, data = found
         session_id = data.get("session_id")
         if not session_id:
             return _error(422, "missing session_id")
-        engine, worker = found
         info = worker.sessions.get(session_id) if isinstance(session_id, str) else None
         return engine, worker, data, info
 
     async def session_create(self, request: web.Request) -> web.Response:
-        found = self._worker(request)
+        found = await self._worker_and_body(request)
         if isinstance(found, web.Response):
             return found
-        engine, worker = found
-        data = await _body(request)
-        if isinstance(data, web.Response):
-            return data
+        engine, worker, data = found
         auth_data, payload = data.get("auth_data"), data.get("payload")
         if not isinstance(auth_data, dict):
             return _error(422, "auth_data: expected an object")
@@ -183,13 +187,10 @@ class InprocessWorkers:
         return web.json_response({"ok": True})
 
     async def handler(self, request: web.Request) -> web.Response:
-        found = self._worker(request)
+        found = await self._worker_and_body(request)
         if isinstance(found, web.Response):
             return found
-        engine, worker = found
-        data = await _body(request)
-        if isinstance(data, web.Response):
-            return data
+        engine, worker, data = found
         errors = self._parse_errors(data)
         if errors:
             return _error(422, errors)

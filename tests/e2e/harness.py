@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.emulator.testing import RunningEmulator
-from support import free_port
+from support import eventually, free_port
 
 #: Fast worker timings: the tests are about the controller, not about waiting for GPUs.
 EMULATOR_TIMINGS = {"cold_start_seconds": 0.5, "resume_seconds": 0.2, "inactivity_timeout": 30}
@@ -28,18 +28,9 @@ EMULATOR_TIMINGS = {"cold_start_seconds": 0.5, "resume_seconds": 0.2, "inactivit
 API_KEY = "vqs-e2e-" + secrets.token_hex(16)
 
 
-async def wait_for(
-    condition: Callable[[], Awaitable[Any]], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> Any:
-    """Poll until `condition()` returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await condition()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+#: The e2e name for the shared poller.
+wait_for = eventually
 
 
 class ControllerProcess:

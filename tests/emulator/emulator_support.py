@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import ssl
-import time
 from typing import Any, Callable
 
 import aiohttp
@@ -18,6 +16,7 @@ except ImportError:  # pragma: no cover - older wheels export it only here
     from vastai.serverless import Serverless
 
 from controller.emulator.testing import RunningEmulator
+from support import eventually
 
 HTTP = aiohttp.ClientTimeout(total=15)
 # The SDK logs every failed call at ERROR and whole route responses at DEBUG.
@@ -32,18 +31,6 @@ def sdk(emu: RunningEmulator, **kwargs: Any) -> Serverless:
     return client
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def call(method: str, url: str, body: Any = None, *, raw: str | None = None,

@@ -7,7 +7,6 @@ flavor, the control server's health proxy, the consumer beside the worker, and s
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import sys
@@ -21,22 +20,11 @@ from aiohttp import web
 from Crypto.PublicKey import RSA
 
 from controller.emulator.process_workers import NullWorkerProcess, free_port
+from support import eventually
 
 HTTP = aiohttp.ClientTimeout(total=15)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class StubAutoscaler:
