@@ -22,8 +22,9 @@ from controller.demo.live import Display, Snapshot, line, render
 from controller.demo.load import Job, TraceError, from_csv, trapezoid
 from controller.demo.observe import billing, parse_metrics, sessions_held, workers_by_state
 from controller.demo.producer import Producer, create_group, pending, read_results
-from controller.demo.queue import open_queue, start_embedded
+from controller.demo.queue import Queue, open_queue, start_embedded
 from controller.demo.report import Sample, at_zero, percentile, plot, succeeded, summarize
+from controller.demo.run import Options, load_jobs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +76,16 @@ def test_from_csv_names_the_bad_line(tmp_path: Path, text: str, message: str) ->
 def test_from_csv_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="cannot read trace"):
         from_csv(tmp_path / "nope.csv", 1.0, 1)
+
+
+def test_the_scenario_name_says_how_to_run_it_again(tmp_path: Path) -> None:
+    jobs, name, seconds = load_jobs(Options(duration=60, seed=3))
+    assert name == "trapezoid load, 60 s, peak 1.5 jobs/s of ~4 s, seed 3"
+    assert (jobs, seconds) == (trapezoid(60, 1.5, 4.0, 3), 60)
+    trace = tmp_path / "burst.csv"
+    trace.write_text("0,2\n7.5,1\n")
+    jobs, name, seconds = load_jobs(Options(trace=trace, seed=2))
+    assert (name, seconds, len(jobs)) == ("trace burst.csv, 7.5 s, seed 2", 7.5, 3)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -231,10 +242,8 @@ def test_display_without_a_terminal_prints_lines(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
+def client(redis_client: aioredis.Redis) -> aioredis.Redis:
+    return redis_client
 
 
 @pytest.fixture
@@ -284,6 +293,7 @@ async def test_open_queue_starts_an_embedded_server_when_no_redis_answers() -> N
     try:
         assert queue.kind == "embedded"
         assert "fakeredis" in queue.description
+        assert "no Redis answered at redis://127.0.0.1:" in queue.description
         client = aioredis.from_url(queue.url, decode_responses=True)
         reader = aioredis.from_url(queue.url, decode_responses=True)
         await create_group(client, "s", "g")
@@ -330,6 +340,12 @@ async def test_embedded_server_gives_nothing_to_a_reader_that_went_away() -> Non
         await queue.close()
 
 
+def test_queue_descriptions_hide_passwords() -> None:
+    assert Queue("redis://:hunter2@db:6379/0", "redis").description == "Redis at redis://:***@db:6379/0"
+    embedded = Queue("redis://127.0.0.1:5000/0", "embedded", tried="redis://u:hunter2@db:6379/0")
+    assert "no Redis answered at redis://u:***@db:6379/0" in embedded.description
+
+
 async def test_embedded_server_stops_cleanly() -> None:
     queue = await start_embedded()
     await queue.close()
@@ -358,6 +374,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["queue"] == "embedded"
+    assert summary["scenario"] == "trapezoid load, 12 s, peak 1.5 jobs/s of ~4 s, seed 1"
     assert summary["jobs_produced"] > 5
     assert summary["jobs_completed"] == summary["jobs_produced"]
     assert summary["jobs_lost"] == summary["jobs_interrupted"] == 0

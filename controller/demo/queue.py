@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as redis
 
 from controller.demo.processes import die_with_parent
+from controller.sources import mask_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT = 1.0
@@ -32,12 +33,15 @@ class Queue:
     url: str
     kind: str  # "redis" or "embedded"
     process: asyncio.subprocess.Process | None = None
+    tried: str | None = None  # the Redis that did not answer, for an embedded queue
 
     @property
     def description(self) -> str:
+        """For the user; a password in a URL shows as ***."""
         if self.kind == "embedded":
-            return f"embedded Redis-protocol server (fakeredis) at {self.url}: no Redis was reachable"
-        return f"Redis at {self.url}"
+            why = f"no Redis answered at {mask_url(self.tried)}" if self.tried else "started on request"
+            return f"embedded Redis-protocol server (fakeredis) at {self.url}: {why}"
+        return f"Redis at {mask_url(self.url)}"
 
     async def close(self) -> None:
         """Stop the embedded server (a reachable Redis is left as it was)."""
@@ -68,7 +72,9 @@ async def open_queue(url: str | None = None) -> Queue:
     url = url or os.environ.get("REDIS_URL") or DEFAULT_URL
     if await reachable(url):
         return Queue(url=url.split("?", 1)[0], kind="redis")
-    return await start_embedded()
+    queue = await start_embedded()
+    queue.tried = url
+    return queue
 
 
 async def start_embedded() -> Queue:

@@ -130,7 +130,7 @@ def plot(samples: list[Sample], path: Path, title: str, load_end: float | None =
     import matplotlib.pyplot as plt
 
     t = [s.t for s in samples]
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=120)
     ax.plot(t, [s.waiting for s in samples], label="waiting in queue", color="tab:gray")
     ax.plot(t, [s.in_flight for s in samples], label="in flight (being worked)", color="tab:blue", lw=2)
     ax.step(
@@ -151,8 +151,8 @@ def plot(samples: list[Sample], path: Path, title: str, load_end: float | None =
     ax.set_xlabel("time since the load started (s)")
     ax.set_ylabel("units of work / sessions / workers")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    # Beside the axes, not on them: a trace may peak anywhere, and no line may hide behind it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -83,13 +83,16 @@ class Run:
 
 def load_jobs(options: Options) -> tuple[list[Job], str, float]:
     """The jobs, the scenario's name and the load's length in seconds."""
+    # The name titles the plot and the summary: with the seed, it is enough to run it again.
     if options.trace is not None:
         jobs = from_csv(options.trace, JOB_SECONDS, options.seed)
-        return jobs, f"trace {options.trace.name}", max((job.at for job in jobs), default=0.0)
+        last = max((job.at for job in jobs), default=0.0)
+        return jobs, f"trace {options.trace.name}, {last:g} s, seed {options.seed}", last
     jobs = trapezoid(options.duration, PEAK_RATE, JOB_SECONDS, options.seed)
     return (
         jobs,
-        f"trapezoid {options.duration:g}s, peak {PEAK_RATE:g} jobs/s of ~{JOB_SECONDS:g}s",
+        f"trapezoid load, {options.duration:g} s, peak {PEAK_RATE:g} jobs/s of ~{JOB_SECONDS:g} s, "
+        f"seed {options.seed}",
         options.duration,
     )
 
