@@ -75,11 +75,15 @@ class SessionPool:
         # Insertion order is age order: the last entries are the youngest.
         self._open: dict[str, SessionRecord] = {}
         self._closing: dict[str, SessionRecord] = {}
+        self._recording: dict[str, SessionRecord] = {}  # granted, being written to the ledger
         self._opening: dict[int, asyncio.Task[None]] = {}
         self._checked_at: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count()
         self._ledger_dirty = False
+        # Ledger writes run in a thread (the Redis ledger is a network call), one at a time, so
+        # an older snapshot never lands after a newer one.
+        self._ledger_lock = asyncio.Lock()
         self._accounted_at = clock()
 
     # -- what the loop reads -------------------------------------------------------------------
@@ -94,14 +98,14 @@ class SessionPool:
 
     async def adopt(self) -> int:
         """Re-adopt the ledger's sessions that are still alive; forget the rest."""
-        records = self._ledger.load()
+        records = await asyncio.to_thread(self._ledger.load)
         if not records:
             return 0
         results = await asyncio.gather(*(self._still_alive(r) for r in records))
         for record in (r for r in results if r is not None):
             self._open[record.session.session_id] = record
             self._checked_at[record.session.session_id] = self._clock()
-        self._save_ledger()
+        await self._save_ledger()
         adopted = len(self._open)
         self._metrics.sessions_adopted(self.scaler, adopted)
         log.info(
@@ -142,42 +146,52 @@ class SessionPool:
 
     async def _open_one(self, token: int) -> None:
         requested_at = self._clock()
-        attempt = 0
         try:
-            while True:
-                async with self._open_slots:
-                    try:
-                        granted = await self._endpoint.open_session(
-                            cost=self._cost,
-                            lifetime=self._lease,
-                            timeout=self._open_timeout,
-                            on_close_route=self._on_close_route,
-                            on_close_payload=self._on_close_payload,
-                        )
-                        break
-                    except VastError as exc:
-                        self._metrics.session_open_failed(self.scaler, exc.kind)
-                        log.warning(
-                            "session open failed, retrying",
-                            extra={"scaler": self.scaler, "reason": exc.kind, "error": str(exc)},
-                        )
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
+            granted = await self._request_session()
+            # Shielded: a cancel that lands now must not leave a granted session unrecorded.
+            await asyncio.shield(self._record_granted(granted, requested_at))
         finally:
             self._opening.pop(token, None)
-        self._adopt_granted(granted, requested_at)
 
-    def _adopt_granted(self, granted: GrantedSession, requested_at: float) -> None:
+    async def _request_session(self) -> GrantedSession:
+        """Open one session, retrying every failure with capped, jittered backoff."""
+        attempt = 0
+        while True:
+            async with self._open_slots:
+                try:
+                    return await self._endpoint.open_session(
+                        cost=self._cost,
+                        lifetime=self._lease,
+                        timeout=self._open_timeout,
+                        on_close_route=self._on_close_route,
+                        on_close_payload=self._on_close_payload,
+                    )
+                except VastError as exc:
+                    self._metrics.session_open_failed(self.scaler, exc.kind)
+                    log.warning(
+                        "session open failed, retrying",
+                        extra={"scaler": self.scaler, "reason": exc.kind, "error": str(exc)},
+                    )
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def _record_granted(self, granted: GrantedSession, requested_at: float) -> None:
+        """Write the new session to the ledger; only then does it count as open."""
         now = self._clock()
-        self._open[granted.session_id] = SessionRecord(session=granted, opened_at=now)
-        self._checked_at[granted.session_id] = now
+        record = SessionRecord(session=granted, opened_at=now)
+        self._recording[granted.session_id] = record
         try:
-            self._save_ledger()
+            await self._save_ledger()
         except LedgerError as exc:
             # Untracked sessions are how money leaks: give it back rather than hold it blind.
             log.error("cannot record a new session; closing it", extra={"scaler": self.scaler, "error": str(exc)})
-            self._start_close(granted.session_id, "closed")
+            self._closing[granted.session_id] = record
+            self._spawn(self._close(record, "closed"))
             return
+        finally:
+            self._recording.pop(granted.session_id, None)
+        self._open[granted.session_id] = record
+        self._checked_at[granted.session_id] = now
         self._metrics.session_opened(self.scaler, now - requested_at)
 
     def _start_close(self, session_id: str, reason: str) -> None:
@@ -209,7 +223,7 @@ class SessionPool:
         finally:
             self._closing.pop(session_id, None)
             self._checked_at.pop(session_id, None)
-            self._save_ledger_quietly()
+            await self._save_ledger_quietly()
 
     # -- release detection ---------------------------------------------------------------------
 
@@ -222,7 +236,7 @@ class SessionPool:
             return False
         self._checked_at.pop(session_id, None)
         self._metrics.session_closed(self.scaler, reason)
-        self._save_ledger_quietly()
+        self._spawn(self._save_ledger_quietly())
         return True
 
     # -- keep-alive ----------------------------------------------------------------------------
@@ -249,7 +263,7 @@ class SessionPool:
             if due:
                 await asyncio.gather(*(self._check(record, checks) for record in due))
             if self._ledger_dirty:
-                self._save_ledger_quietly()
+                await self._save_ledger_quietly()
 
     async def _check(self, record: SessionRecord, checks: asyncio.Semaphore) -> None:
         session = record.session
@@ -308,7 +322,7 @@ class SessionPool:
             _, still = await asyncio.wait(pending, timeout=timeout)
             for task in still:
                 task.cancel()
-        self._save_ledger_quietly()
+        await self._save_ledger_quietly()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -317,14 +331,16 @@ class SessionPool:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _save_ledger(self) -> None:
-        self._ledger.save([*self._open.values(), *self._closing.values()])
+    async def _save_ledger(self) -> None:
+        async with self._ledger_lock:
+            records = [*self._open.values(), *self._recording.values(), *self._closing.values()]
+            await asyncio.to_thread(self._ledger.save, records)
         self._ledger_dirty = False
         self._metrics.ledger_written(self.scaler)
 
-    def _save_ledger_quietly(self) -> None:
+    async def _save_ledger_quietly(self) -> None:
         try:
-            self._save_ledger()
+            await self._save_ledger()
         except LedgerError as exc:
             self._ledger_dirty = True
             log.error("cannot write the session ledger", extra={"scaler": self.scaler, "error": str(exc)})
