@@ -19,8 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import SecretStr
 
-from controller.policy import Decision, Supply
-from controller.sources import QueueDepth
+from controller.policy import Decision
 
 log = logging.getLogger(__name__)
 

@@ -184,7 +184,7 @@ async def test_unreachable_server_is_a_source_error_without_the_password():
     with pytest.raises(SourceError) as caught:
         await read_once(url, timeout=2)
     message = str(caught.value)
-    assert message.startswith(f"redis://user:***@127.0.0.1:")
+    assert message.startswith("redis://user:***@127.0.0.1:")
     assert "hunter2" not in message
 
 

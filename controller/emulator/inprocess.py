@@ -19,7 +19,6 @@ real one refuses the connection).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random

@@ -13,7 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from controller.emulator.testing import running_emulator

@@ -6,9 +6,6 @@ import asyncio
 import json
 import signal
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 import pytest
 
 from harness import (

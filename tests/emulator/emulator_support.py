@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -16,7 +15,6 @@ except ImportError:  # pragma: no cover - older wheels export it only here
     from vastai.serverless import Serverless
 
 from controller.emulator.testing import RunningEmulator
-from support import eventually
 
 HTTP = aiohttp.ClientTimeout(total=15)
 # The SDK logs every failed call at ERROR and whole route responses at DEBUG.

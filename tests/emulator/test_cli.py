@@ -8,7 +8,8 @@ import sys
 
 import aiohttp
 import yaml
-from emulator_support import call, eventually
+from emulator_support import call
+from support import eventually
 
 from controller.emulator import main
 from controller.emulator.process_workers import free_port

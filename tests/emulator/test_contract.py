@@ -12,9 +12,8 @@ import pytest
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
-from emulator_support import (
-    call, endpoint_state, eventually, max_concurrent_per_worker, sdk, workers_by_state,
-)  # fmt: skip
+from emulator_support import call, endpoint_state, max_concurrent_per_worker, sdk, workers_by_state
+from support import eventually
 
 from controller.emulator.testing import running_emulator
 

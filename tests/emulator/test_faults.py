@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from emulator_support import call, endpoint_state, eventually, sdk
+from emulator_support import call, endpoint_state, sdk
+from support import eventually
 
 from controller.emulator.testing import running_emulator
 

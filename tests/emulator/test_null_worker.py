@@ -10,9 +10,8 @@ import asyncio
 import json
 import os
 import sys
-import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import pytest

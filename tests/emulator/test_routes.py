@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from emulator_support import call, endpoint_state, eventually
+from emulator_support import call, endpoint_state
+from support import eventually
 
 from controller.emulator.testing import running_emulator
 
