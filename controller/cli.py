@@ -56,14 +56,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from controller.config import ConfigError, load_config
+    from controller.config import Config, ConfigError, load_config
     from controller.service import run
 
+    def load() -> Config:
+        return load_config(args.config, metrics_port=args.metrics_port)
+
     try:
-        config = load_config(args.config, metrics_port=args.metrics_port)
+        config = load()
     except ConfigError as exc:
         return _fail(str(exc))
-    return asyncio.run(run(config))
+    return asyncio.run(run(config, reload=load))
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:

@@ -11,12 +11,12 @@ import signal
 import time
 import itertools
 from dataclasses import dataclass
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from controller.admin import DecisionLog, admin_routes
-from controller.config import Config, ScalerConfig
+from controller.config import Config, ConfigError, ScalerConfig
 from controller.leader import LeaderElector, LeaderError, make_elector
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
@@ -146,6 +146,32 @@ class Controller:
 
     def decisions(self, scaler: str | None) -> list[dict[str, object]]:
         return self.decision_log.list(scaler)
+
+    def reload(self, load: Callable[[], Config]) -> None:
+        """SIGHUP: apply edited policies and poll intervals now; anything else needs a restart."""
+        try:
+            new = load()
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the running config", extra={"error": str(exc)})
+            return
+        running = {sc.name: sc for sc in self.config.scalers}
+        for sc in new.scalers:
+            old = running.get(sc.name)
+            if old is None or old.model_dump(exclude={"policy", "poll_interval"}) != sc.model_dump(
+                exclude={"policy", "poll_interval"}
+            ):
+                log.warning("config reload: this scaler's source, endpoint or session changed; restart to apply",
+                            extra={"scaler": sc.name})  # fmt: skip
+                continue
+            self._paused[sc.name], self._modes[sc.name] = sc.policy.paused, sc.policy.mode
+            self.metrics.set_paused(sc.name, sc.policy.paused)
+            scaler = self.scalers.get(sc.name)
+            if scaler is not None:
+                scaler.loop.policy, scaler.loop.poll_interval = sc.policy, sc.poll_interval
+                scaler.loop.wake()
+            log.info("config reloaded", extra={"scaler": sc.name, "mode": sc.policy.mode})
+        if set(running) != {sc.name for sc in new.scalers}:
+            log.warning("config reload: scalers were added or removed; restart to apply")
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -291,7 +317,8 @@ async def _first(*aws: Awaitable[object]) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """The `run` command: until SIGTERM/SIGINT; SIGHUP re-reads the policies with `reload`."""
     setup_logging(config.log_level, config.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -299,6 +326,8 @@ async def run(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         controller = Controller(config)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: controller.reload(reload))
         await controller.run(stop)
     except (LedgerError, LeaderError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
+
+import yaml
 
 from controller.emulator.testing import running_emulator
 from harness import (
@@ -91,3 +94,25 @@ async def test_leader_failover_adopts_sessions_and_never_has_two_actors(emulator
 
 async def _leading(controller, value: int) -> bool:
     return await controller.metric("vqs_leader") == value
+
+
+async def test_sighup_applies_an_edited_policy_without_a_restart(emulator, queue, controllers):
+    config = scaler_config(emulator, queue.source_url)
+    config["scalers"][0]["policy"]["mode"] = "advise"
+    controller = await controllers(config).start()
+    await queue.add(2)
+    await wait_for(lambda: _advised(controller, 2), 10, what="an advised scale-up")
+
+    config["scalers"][0]["policy"]["mode"] = "act"
+    config["scalers"][0]["policy"]["max_sessions"] = 1
+    controller.config_path.write_text(yaml.safe_dump(config))
+    controller.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: metric_is(controller, "vqs_sessions_open", 1), 20, what="1 session (the new cap)")
+    await asyncio.sleep(2)
+    assert await count(emulator) == 1
+    assert controller.proc.returncode is None
+
+
+async def _advised(controller, n: int) -> bool:
+    _, text = await controller.get("/decisions")
+    return any(d["to_open"] == n and not d["acted"] for d in json.loads(text)["decisions"])
