@@ -4,145 +4,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PRODUCTION_WEBSERVER_URL = "https://console.vast.ai"
-PRODUCTION_AUTOSCALER_URL = "https://run.vast.ai"
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s/?#]*@", re.IGNORECASE)
-
-
-def parse_duration(value: object) -> float:
-    """`30s`, `5m`, `1h`, `250ms` or plain seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or plain seconds")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration such as 30s, 5m or plain seconds, got {value!r}")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("must be a duration >= 0")
-    return seconds
-
-
-def redact(text: str) -> str:
-    """Replace the password of every URL in `text` with `***`."""
-    return _PASSWORD_IN_URL.sub(r"\1***@", text)
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _DURATION.pattern},
-            ],
-            "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h",
-        }
-    ),
-]
-
-NAME_RULE = (
-    "3-63 characters of lowercase letters, digits and hyphens, starting with a letter, "
-    "with no '--' and no trailing hyphen"
+from controller.config_types import (
+    NAME_RULE,
+    PRODUCTION_AUTOSCALER_URL,
+    PRODUCTION_WEBSERVER_URL,
+    Duration,
+    HttpURL,
+    LogLevel,
+    RedisURL,
+    ScalerName,
+    SourceURL,
+    StateURL,
+    parse_duration,
+    redact,
+    split_ledger_prefix,
 )
-_NAME = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")
-
-
-def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name) or "--" in name:
-        raise ValueError(f"must be {NAME_RULE}, got {name!r}")
-    return name
-
-
-def _check_http_url(url: str) -> str:
-    # Secrets can ride in URLs, so the error shows the URL redacted.
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"expected an http(s) URL such as http://127.0.0.1:8080, got {redact(url)!r}"
-        )
-    return url.rstrip("/")
-
-
-def _check_source(url: str) -> str:
-    from controller.sources import SourceURLError, from_url
-
-    try:
-        from_url(url)  # parses only; nothing connects
-    except SourceURLError as exc:
-        raise ValueError(str(exc)) from None
-    return url
-
-
-#: `?prefix=NAME` on `state_url`: the ledger's key prefix, not a redis-py connection option.
-LEDGER_PREFIX_PARAM = "prefix"
-
-
-def split_ledger_prefix(url: str, default: str) -> tuple[str, str]:
-    """`redis://h/0?prefix=farm&db=1` -> (`redis://h/0?db=1`, `farm`)."""
-    base, _, query = url.partition("?")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    prefix = next((v for k, v in pairs if k == LEDGER_PREFIX_PARAM), default)
-    rest = urlencode([(k, v) for k, v in pairs if k != LEDGER_PREFIX_PARAM])
-    return (f"{base}?{rest}" if rest else base), prefix
-
-
-def _check_redis_url(url: str, extra_params: tuple[str, ...] = ()) -> str:
-    """A URL redis-py accepts, checked without connecting (errors show it redacted)."""
-    from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
-
-    example = "such as redis://127.0.0.1:6379/0, rediss://host:6380/0 or unix:///run/redis.sock"
-    try:
-        parts = urlsplit(url)
-        options = parse_url(url)
-    except ValueError as exc:
-        raise ValueError(f"expected a Redis URL {example}, got {redact(url)!r} ({exc})") from None
-    if parts.scheme in ("redis", "rediss") and not parts.hostname:
-        raise ValueError(f"expected a Redis URL with a host, {example}, got {redact(url)!r}")
-    allowed = [*URL_QUERY_ARGUMENT_PARSERS, *extra_params]
-    unknown = sorted(set(options) - {"host", "port", "db", "path", "username", "password",
-                                     "connection_class", *allowed})
-    if unknown:
-        raise ValueError(f"unknown URL parameter {unknown[0]!r}; expected one of: {', '.join(allowed)}")
-    if LEDGER_PREFIX_PARAM in options and not options[LEDGER_PREFIX_PARAM]:
-        raise ValueError(f"URL parameter {LEDGER_PREFIX_PARAM!r} must not be empty")
-    return url
-
-
-ScalerName = Annotated[str, AfterValidator(_check_name)]
-HttpURL = Annotated[str, AfterValidator(_check_http_url)]
-RedisURL = Annotated[str, AfterValidator(_check_redis_url)]
-StateURL = Annotated[str, AfterValidator(lambda url: _check_redis_url(url, (LEDGER_PREFIX_PARAM,)))]
-SourceURL = Annotated[str, AfterValidator(_check_source)]
-LogLevel = Annotated[
-    Literal["debug", "info", "warning", "error", "critical"],
-    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
-]
 
 
 class _Strict(BaseModel):
@@ -197,6 +78,13 @@ class PolicyConfig(_Strict):
         gt=0,
         description="time constant of the arrival-rate average (with seconds_per_unit or lead_time)",
     )
+    drain_time: Duration | None = Field(
+        None,
+        gt=0,
+        description="with seconds_per_unit: a backlog shares sessions, at most ceil(total x "
+        "seconds_per_unit / (seconds_per_unit + drain_time) / work_per_session) for the work, so it "
+        "clears about drain_time later with fewer session starts",
+    )
     max_wait: Duration | None = Field(
         None,
         gt=0,
@@ -215,6 +103,8 @@ class PolicyConfig(_Strict):
             raise ValueError("price_per_session_hour: required when max_cost_per_hour is set")
         if "rate_window" in self.model_fields_set and not self.estimates_rate:
             raise ValueError("rate_window: only used with seconds_per_unit or lead_time")
+        if self.drain_time is not None and self.seconds_per_unit is None:
+            raise ValueError("drain_time: needs seconds_per_unit (how long one unit takes)")
         return self
 
     @property
@@ -576,4 +466,5 @@ __all__ = [
     "load_config",
     "parse_duration",
     "redact",
+    "split_ledger_prefix",
 ]

@@ -14,6 +14,13 @@ very same rules. The rules, in the order they apply:
   zero while total < activation (activation=1: a single unit wakes it; units, not weighted). Once
   it has sessions it serves whatever work remains, even below activation, so in-flight work is
   never stranded; it returns to zero only when the queue is empty (after the scale-down delay).
+- **Drain time** (drain_time, with seconds_per_unit): a backlog shares sessions. The work asks
+  for at most ceil(total x seconds_per_unit / (seconds_per_unit + drain_time) / work_per_session)
+  sessions, never fewer than its in-flight units need: each session may take on drain_time
+  seconds of the backlog beyond its own unit, so the work there now clears about drain_time
+  later than with a session per unit, for fewer session starts. The consumer takes the next unit
+  before it releases, so the units beyond the sessions wait for one to finish a unit (one unit's
+  time longer for those few, none for the rest). Pre-warming, age, buffer and bounds apply after.
 - **Pre-warming** (seconds_per_unit, lead_time; the rate estimator is controller/policy_rate.py):
   while there is work, target >= ceil(rate x seconds_per_unit / work_per_session) (the sessions
   busy on average at the arrival rate) and >= ceil((total + rate x lead_time) / work_per_session)
@@ -343,6 +350,12 @@ def _wanted(
     # Activation gates waking from zero only; a scaler with sessions serves every unit.
     need = 0 if below_activation else math.ceil(max(work.weighted, work.in_flight) / config.work_per_session)
     terms["work"] = need
+    if need and config.drain_time is not None:
+        shared = _shared(work, config)
+        if shared < need:
+            terms["drain"] = shared
+            notes.append(f"backlog shared: drain_time {config.drain_time:g}s")
+            need = shared
     if need and rate is not None:
         arrivals = policy_rate.arrival_rate(rate)
         terms["rate"] = arrivals
@@ -381,6 +394,16 @@ def _wanted(
     elif below_activation and work.total and not work.aged:
         notes.append(f"below activation {config.activation}")
     return wanted, notes
+
+
+def _shared(work: _Work, config: PolicyConfig) -> int:
+    """Sessions that clear the work there now drain_time after a session per unit would; the
+    in-flight units keep theirs."""
+    assert config.seconds_per_unit is not None and config.drain_time is not None
+    # Decimal of the shortest repr, as for the weights: 6 x 0.1 / 0.2 is 3 sessions, not 4.
+    unit = Decimal(repr(config.seconds_per_unit))
+    share = work.weighted * unit / (unit + Decimal(repr(config.drain_time)))
+    return math.ceil(max(share, work.in_flight) / config.work_per_session)
 
 
 def _on_failed_read(

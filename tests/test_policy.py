@@ -339,6 +339,43 @@ def test_a_clock_stepping_back_restarts_the_rate_interval() -> None:
     assert stepped.state.rate.rate == second.state.rate.rate and stepped.state.rate.at == 50.0
 
 
+# ---- drain time ---------------------------------------------------------------------------------
+
+
+def test_drain_time_shares_a_backlog_among_fewer_sessions() -> None:
+    # 40 units at 60 s each, each session taking on 5 s more: ceil(40 x 60 / 65) = 37 sessions.
+    config = policy(seconds_per_unit=60, drain_time=5, max_sessions=50)
+    decision = decide(QueueDepth(40, 0), Supply(0, 0), config, 0.0, PolicyState())
+    assert (decision.target, decision.open) == (37, 20)  # max_opens_per_tick 20
+    assert dict(decision.terms) == {"work": 40, "drain": 37, "rate": 0.0, "prewarm": 0, "lead": 0}
+    assert "(backlog shared: drain_time 5s)" in decision.reason
+
+
+def test_drain_time_leaves_small_backlogs_one_session_per_unit() -> None:
+    config = policy(seconds_per_unit=60, drain_time=5)
+    targets = [decide(QueueDepth(n, 0), Supply(0, 0), config, 0.0, PolicyState()).target for n in (1, 12, 13)]
+    assert targets == [1, 12, 12]  # 12 x 60 / 65 = 11.08 rounds up; 13 x 60 / 65 = 12
+    # Exact arithmetic: 6 x 0.1 / 0.2 is 3 sessions (float division gives 3.0000000000000004).
+    fine = policy(seconds_per_unit=0.1, drain_time=0.1)
+    assert decide(QueueDepth(6, 0), Supply(0, 0), fine, 0.0, PolicyState()).target == 3
+
+
+def test_drain_time_never_leaves_in_flight_units_without_sessions() -> None:
+    config = policy(seconds_per_unit=60, drain_time=60, max_sessions=50)
+    # Half of 40 units would be 20 sessions, but 30 units are running on theirs.
+    assert decide(QueueDepth(10, 30), Supply(30, 0), config, 0.0, PolicyState()).target == 30
+    paired = policy(seconds_per_unit=60, drain_time=60, max_sessions=50, work_per_session=2)
+    assert decide(QueueDepth(10, 30), Supply(15, 0), paired, 0.0, PolicyState()).target == 15
+
+
+def test_drain_time_opens_nothing_more_while_a_shared_backlog_runs() -> None:
+    config = policy(seconds_per_unit=60, drain_time=60, scale_down_delay=0)
+    # 8 units, 4 sessions; once 4 run and 4 wait, the 4 sessions stay and nothing more opens.
+    first = decide(QueueDepth(8, 0), Supply(0, 0), config, 0.0, PolicyState())
+    running = decide(QueueDepth(4, 4), Supply(4, 0), config, 60.0, first.state)
+    assert (first.target, running.target, running.open, running.close) == (4, 4, 0, 0)
+
+
 # ---- several queues -----------------------------------------------------------------------------
 
 
@@ -488,6 +525,7 @@ def test_every_new_setting_is_off_by_default() -> None:
     config = policy()
     assert (config.mode, config.buffer_sessions, config.seconds_per_unit, config.lead_time) == ("act", 0, None, 0)
     assert (config.max_wait, config.boot_grace, config.estimates_rate) == (None, 0, False)
+    assert config.drain_time is None
 
 
 @pytest.mark.parametrize(
@@ -499,6 +537,8 @@ def test_every_new_setting_is_off_by_default() -> None:
         ({"max_wait": "0s"}, "max_wait"),
         ({"buffer_sessions": -1}, "buffer_sessions"),
         ({"lead_time": "-1s"}, "lead_time"),
+        ({"drain_time": "5s"}, "drain_time: needs seconds_per_unit"),
+        ({"seconds_per_unit": 60, "drain_time": 0}, "drain_time"),
     ],
 )
 def test_bad_settings_name_the_field(fields: dict[str, object], message: str) -> None:
@@ -509,4 +549,5 @@ def test_bad_settings_name_the_field(fields: dict[str, object], message: str) ->
 def test_durations_are_accepted_with_units() -> None:
     config = policy(seconds_per_unit="1m", lead_time="30s", rate_window="10m", max_wait="2m", boot_grace="90s")
     assert (config.seconds_per_unit, config.lead_time, config.rate_window) == (60, 30, 600)
+    assert policy(seconds_per_unit="1m", drain_time="5s").drain_time == 5
     assert (config.max_wait, config.boot_grace, config.estimates_rate) == (120, 90, True)

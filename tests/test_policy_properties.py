@@ -267,11 +267,13 @@ def feature_configs(draw: st.DrawFn, **fixed: Any) -> PolicyConfig:
     rate = {}
     if seconds_per_unit is not None or lead_time:
         rate = {"rate_window": draw(st.sampled_from([0.001, 10.0, 60.0]))}
+    drain_time = None if seconds_per_unit is None else draw(st.none() | st.sampled_from([1.0, 5.0, 60.0]))
     fields = {
         **base,
         "mode": draw(st.sampled_from(["act", "advise"])),
         "buffer_sessions": draw(st.sampled_from([0, 0, 1, 3])),
         "seconds_per_unit": seconds_per_unit,
+        "drain_time": drain_time,
         "lead_time": lead_time,
         **rate,
         "max_wait": draw(st.none() | st.sampled_from([0.5, 10.0, 60.0])),
@@ -312,10 +314,15 @@ def units(sources: Sequence[SourceDepth], part: str = "total") -> int:
 
 
 def weighted_need(config: PolicyConfig, sources: Sequence[SourceDepth], supply: Supply) -> int:
-    """Sessions the weighted work asks for (in flight always counted), activation-gated."""
+    """Sessions the weighted work asks for (in flight always counted), activation-gated; with
+    drain_time the backlog shares: spu / (spu + drain_time) of a session per weighted unit."""
     if supply.total == 0 and units(sources) < config.activation:
         return 0
     weighted = sum((Fraction(str(s.weight)) * s.depth.total for s in sources), Fraction(0))
+    if config.drain_time is not None:
+        assert config.seconds_per_unit is not None
+        unit = Fraction(str(config.seconds_per_unit))
+        weighted = weighted * unit / (unit + Fraction(str(config.drain_time)))
     return ceil_div_fraction(max(weighted, Fraction(units(sources, "in_flight"))), config.work_per_session)
 
 
@@ -593,3 +600,33 @@ def test_a_constant_queue_does_not_flap_with_any_features(
         supply = Supply(after.total - opened, opened)
         now += tick
     assert len(directions) <= 1, f"flapped: both {directions}"
+
+
+@SETTINGS
+@given(
+    config=configs(),
+    seconds_per_unit=st.sampled_from([1.0, 7.0, 60.0, 90.0]),
+    drain_time=st.sampled_from([0.5, 5.0, 60.0, 600.0]),
+    sources=st.lists(st.builds(SourceDepth, st.just("a"), aged_depths, weights), min_size=1, max_size=3),
+    supply=supplies,
+)
+def test_drain_time_shares_the_backlog_and_never_asks_for_more(
+    config: PolicyConfig,
+    seconds_per_unit: float,
+    drain_time: float,
+    sources: list[SourceDepth],
+    supply: Supply,
+) -> None:
+    plain = config.model_copy(update={"seconds_per_unit": seconds_per_unit})
+    shared = plain.model_copy(update={"drain_time": drain_time})
+    with_drain = decide(sources, supply, shared, 0.0, PolicyState())
+    without = decide(sources, supply, plain, 0.0, PolicyState())
+    # From a fresh state the rate is the one that keeps the (weighted) in-flight work steady,
+    # so pre-warming asks for those units' sessions and no more.
+    need = weighted_need(shared, sources, supply)
+    running = sum((Fraction(str(s.weight)) * s.depth.in_flight for s in sources), Fraction(0))
+    prewarm = ceil_div_fraction(running, config.work_per_session) if need else 0
+    assert with_drain.target == within(shared, max(need, prewarm))
+    assert with_drain.target <= without.target
+    in_flight = ceil_div(units(sources, "in_flight"), config.work_per_session)
+    assert with_drain.target >= within(shared, in_flight if weighted_need(plain, sources, supply) else 0)

@@ -10,8 +10,8 @@ import controller.policy
 from controller.cli import main
 from controller.simulation import Consumer, Model, Result, Trace, World, simulate
 from controller.simulation import policies as sim_policies
-from controller.simulation.bench import MODEL, POLICIES, checks, ours
-from controller.simulation.policies import KedaScaledJob, KedaScaledObject
+from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours
+from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours
 from controller.simulation.traces import BUILT_IN, distribution, read_csv, write_csv
 
 COLD, RESUME, IDLE = 180.0, 30.0, 10.0  # MODEL's cold start, resume and inactivity_timeout
@@ -79,6 +79,18 @@ def test_constant_load_on_one_worker_keeps_every_job_one_cold_start_behind() -> 
     assert result.wait_p50 == pytest.approx(COLD) and result.wait_max == pytest.approx(COLD)
     assert result.cost == pytest.approx(COLD + 100 * 5 + IDLE)
     assert result.opens == 1
+
+
+def test_drain_time_lets_a_ready_worker_take_a_second_job_instead_of_a_13th_start() -> None:
+    # 13 jobs at once, 60 s each; drain_time 5 s at 60 s a unit: ceil(13 x 60 / 65) = 12 sessions.
+    # The 13th job runs on the first worker to finish, one job later; 12 starts are billed, not 13.
+    # (A rate_window of an hour keeps pre-warming, which seconds_per_unit turns on, out of it.)
+    trace = Trace.of("thirteen", [(0.0, 60.0)] * 13)
+    result = simulate(trace, ours(seconds_per_unit=60, drain_time=5, rate_window=3600), MODEL)
+    assert (result.opens, result.unfinished, result.interrupted) == (12, 0, 0)
+    assert (result.wait_p50, result.wait_max) == (pytest.approx(COLD), pytest.approx(COLD + 60))
+    assert result.cost == pytest.approx(12 * (COLD + 60 + IDLE) + 60)
+    assert run(trace, "ours").cost == pytest.approx(13 * (COLD + 60 + IDLE))
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
@@ -254,12 +266,33 @@ def test_checks_count_a_tie_as_no_win() -> None:
     assert [c.passed for c in checks(too_slow)] == [False]
 
 
+def test_checks_apply_to_the_default_and_tuned_rows_only() -> None:
+    rows = [result(name, 10, 100, "bursts") for name in POLICIES]
+    found = checks(rows)
+    assert {c.policy for c in found} == {"ours", "ours-tuned"}
+    assert [c.against for c in found if c.policy == "ours-tuned"] == [*BASELINES, "oracle"]
+    features = ("ours+buffer", "ours+prewarm", "ours+prewarm+buffer")
+    assert {POLICIES[name].kind for name in features} == {"feature"}
+
+
+def test_the_tuned_row_is_one_config_for_every_trace() -> None:
+    # The same PolicyConfig whatever the trace: the factory sees only the endpoint model.
+    controller = POLICIES["ours-tuned"].factory(MODEL)
+    assert isinstance(controller, Ours)
+    assert controller.config.model_dump(exclude_unset=True) == {"max_sessions": MODEL.max_workers, **TUNED}
+
+
 def test_simulate_command_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["simulate", "--trace", "spike", "--policy", "ours", "--policy", "keda-scaledjob",
-                 "--out", str(tmp_path)])
+    chosen = ["ours", "ours-tuned", "ours+prewarm", "keda-scaledjob"]
+    policies = [f"--policy={name}" for name in chosen]
+    code = main(["simulate", "--trace", "spike", *policies, "--out", str(tmp_path)])
     assert code == 0
     report = (tmp_path / "results.md").read_text()
     assert "## spike" in report and "| KEDA ScaledJob default |" in report
+    assert "| trace | against | rule | ours (defaults) | ours (tuned) |" in report
+    assert "- **ours (defaults)**: 0 of 1 checks pass" in report  # a cost tie with ScaledJob
+    assert "- **ours (tuned)**: 1 of 1 checks pass" in report  # beats it on p95 and cost
+    assert "| ours + pre-warm (60 s/unit, 10 min) | spike | 180.9 -> 180.9 | +0.0% |" in report
     assert (tmp_path / "results.png").stat().st_size > 0
     assert read_csv(tmp_path / "traces" / "spike.csv").arrivals == BUILT_IN["spike"]().arrivals
     assert "## spike" in capsys.readouterr().out
