@@ -56,6 +56,11 @@ POLICIES: dict[str, Policy] = {
     "ours+prewarm": Policy(
         "ours + pre-warm (60 s/unit, 10 min)", ours(seconds_per_unit=60, rate_window=600), "feature"
     ),
+    "ours+prewarm+lead": Policy(
+        "ours + pre-warm with lead_time 180 s",
+        ours(seconds_per_unit=60, rate_window=600, lead_time=180),
+        "feature",
+    ),
     "ours+prewarm+buffer": Policy(
         "ours + pre-warm + buffer 1",
         ours(seconds_per_unit=60, rate_window=600, buffer_sessions=1),
