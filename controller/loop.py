@@ -167,7 +167,9 @@ class ScalerLoop:
         acted = acts and decision.act and await self._acting()
         if acted:
             self.pool.apply(decision)
-        if acts or previous is None or previous.target != decision.target:
+        # Every action is recorded; a decision that only repeats the last (advise mode, a hold)
+        # is not, so a dry run does not log the same advice every tick.
+        if acted or previous is None or _steps(previous) != _steps(decision):
             record = decision_record(self.name, decision, acted=acted)
             log.info("decision", extra={k: v for k, v in record.items() if k != "t"})
             if self._decisions is not None:
@@ -180,3 +182,7 @@ def _sum(depths: Iterable[QueueDepth]) -> QueueDepth:
     for depth in depths:
         waiting, in_flight = waiting + depth.waiting, in_flight + depth.in_flight
     return QueueDepth(waiting, in_flight)
+
+
+def _steps(decision: Decision) -> tuple[int, int, int, int]:
+    return decision.target, decision.open, decision.cancel, decision.close
