@@ -160,7 +160,7 @@ class ScalerLoop:
         decision = decide(observation, supply, self.policy, now, self.state)
         self.state = decision.state
         self.last_decision = decision
-        self._metrics.record_decision(self.name, decision, supply)
+        self._metrics.record_decision(self.name, decision)
         acts = bool(decision.open or decision.cancel or decision.close)
         # advise mode (a dry run) decides and records, never acts. The fencing check comes last:
         # a deposed leader must not act on a decision made just before.

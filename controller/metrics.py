@@ -127,13 +127,17 @@ class Metrics:
         self.queue_in_flight.labels(scaler).set(depth.in_flight)
         self.last_read.labels(scaler).set(now)
 
-    def record_decision(self, scaler: str, decision: Decision, supply: Supply) -> None:
-        """One policy decision and the supply it was made on."""
+    def record_decision(self, scaler: str, decision: Decision) -> None:
         scaler = self._scaler(scaler)
         self.target_sessions.labels(scaler).set(decision.target)
-        self.sessions_open.labels(scaler).set(supply.open)
-        self.sessions_opening.labels(scaler).set(supply.opening)
         self.decisions.labels(scaler, decision_action(decision)).inc()
+
+    def watch_supply(self, scaler: str, supply: Callable[[], Supply] | None) -> None:
+        """Read the sessions gauges from the pool at scrape time (None: the pool is gone, 0)."""
+        scaler = self._scaler(scaler)
+        read = supply or (lambda: Supply(0, 0))
+        self.sessions_open.labels(scaler).set_function(lambda: read().open)
+        self.sessions_opening.labels(scaler).set_function(lambda: read().opening)
 
     def record_loop(self, scaler: str, seconds: float) -> None:
         self.loop_duration.labels(self._scaler(scaler)).observe(seconds)

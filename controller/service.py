@@ -82,6 +82,7 @@ class Controller:
         else:
             source = [NamedSource(spec.label, from_url(spec.url), spec.weight, spec.reserve) for spec in sc.sources]
         pool = self._make_pool(sc)
+        self.metrics.watch_supply(sc.name, lambda: pool.supply)
         loop = ScalerLoop(
             sc.name,
             source,
@@ -290,8 +291,9 @@ class Controller:
             ),
             return_exceptions=True,
         )
-        for scaler in self.scalers.values():
+        for name, scaler in self.scalers.items():
             await scaler.loop.close()
+            self.metrics.watch_supply(name, None)
 
 
 async def _adopt(scaler: Scaler) -> None:

@@ -70,10 +70,13 @@ async def test_metrics_report_exactly_what_was_recorded(served: tuple) -> None:
     metrics, _, _, base = served
     metrics.record_read("alpha", QueueDepth(7, 2), 0.03, 1_700_000_000.0)
     metrics.record_read("alpha", None, 5.0, 1_700_000_009.0)
-    metrics.record_decision("alpha", decision(9, open=3), Supply(open=4, opening=2))
-    metrics.record_decision("alpha", decision(4, cancel=1, close=1), Supply(open=5, opening=1))
-    metrics.record_decision("alpha", decision(4, cancel=2), Supply(open=4, opening=2))
-    metrics.record_decision("alpha", decision(4), Supply(open=4, opening=0))
+    metrics.record_decision("alpha", decision(9, open=3))
+    metrics.record_decision("alpha", decision(4, cancel=1, close=1))
+    metrics.record_decision("alpha", decision(4, cancel=2))
+    metrics.record_decision("alpha", decision(4))
+    pool = [Supply(open=5, opening=1)]
+    metrics.watch_supply("alpha", lambda: pool[0])
+    pool[0] = Supply(open=4, opening=0)  # read at scrape time, not when watched
     metrics.record_loop("alpha", 0.2)
     metrics.set_paused("alpha", True)
     metrics.session_opened("alpha", 95.0)
