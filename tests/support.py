@@ -129,3 +129,17 @@ async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def source_url_error(url: str) -> str:
+    """The one-line SourceURLError `from_url(url)` raises."""
+    from controller.sources import SourceURLError, from_url
+
+    try:
+        from_url(url)
+    except SourceURLError as exc:
+        text = str(exc)
+    else:
+        raise AssertionError(f"{url!r} was accepted")
+    assert "\n" not in text, text
+    return text

@@ -99,7 +99,7 @@ class InprocessWorkers:
     async def _session_request(
         self, request: web.Request
     ) -> tuple[Engine, Worker, dict, SessionInfo | None] | web.Response:
-        """The worker, the body and the session it names; the shared checks of end/get/health."""
+        """The worker, the body and the session it names (None: unknown), its auth checked."""
         found = await self._worker_and_body(request)
         if isinstance(found, web.Response):
             return found
@@ -108,6 +108,8 @@ class InprocessWorkers:
         if not session_id:
             return _error(422, "missing session_id")
         info = worker.sessions.get(session_id) if isinstance(session_id, str) else None
+        if info is not None and data.get("session_auth") != info.auth_data:
+            return _error(401, "session_auth is not valid")
         return engine, worker, data, info
 
     async def session_create(self, request: web.Request) -> web.Response:
@@ -153,8 +155,6 @@ class InprocessWorkers:
         engine, worker, data, info = found
         if info is None:
             return _error(400, f"session with id {data['session_id']} not found")
-        if data.get("session_auth") != info.auth_data:
-            return _error(401, "session_auth is not valid")
         if not await self.close(engine, worker.id, info.session_id, "end"):
             return _error(410, "session already closed")
         return web.json_response({"ended": True, "removed_session": info.session_id})
@@ -166,8 +166,6 @@ class InprocessWorkers:
         _, _, data, info = found
         if info is None:
             return _error(400, "session does not exist")
-        if data.get("session_auth") != info.auth_data:
-            return _error(401, "session_auth is not valid")
         return web.json_response({
             "session_id": info.session_id, "auth_data": info.auth_data, "lifetime": info.lifetime,
             "expiration": info.expiration, "created_at": info.created_at, "on_close_route": info.on_close_route,
@@ -181,8 +179,6 @@ class InprocessWorkers:
         _, _, data, info = found
         if info is None:
             return web.json_response({"ok": False})
-        if data.get("session_auth") != info.auth_data:
-            return _error(401, "session_auth is not valid")
         return web.json_response({"ok": True})
 
     async def handler(self, request: web.Request) -> web.Response:
