@@ -68,6 +68,12 @@ class PolicyConfig(_Strict):
         description="mean seconds one session spends on one unit; pre-warms for the arrival rate: "
         "target >= ceil(rate x seconds_per_unit / work_per_session)",
     )
+    prewarm_safety: float = Field(
+        0.0,
+        ge=0,
+        description="with seconds_per_unit: square-root staffing, pre-warming asks for load + "
+        "prewarm_safety x sqrt(load) units' sessions, load = rate x seconds_per_unit (0.5 to 1 is usual)",
+    )
     lead_time: Duration = Field(
         0.0,
         description="expected session start-up; target also covers the work expected to arrive "
@@ -105,6 +111,8 @@ class PolicyConfig(_Strict):
             raise ValueError("rate_window: only used with seconds_per_unit or lead_time")
         if self.drain_time is not None and self.seconds_per_unit is None:
             raise ValueError("drain_time: needs seconds_per_unit (how long one unit takes)")
+        if self.prewarm_safety and self.seconds_per_unit is None:
+            raise ValueError("prewarm_safety: needs seconds_per_unit (pre-warming is off without it)")
         return self
 
     @property

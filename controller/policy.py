@@ -24,7 +24,9 @@ very same rules. The rules, in the order they apply:
 - **Pre-warming** (seconds_per_unit, lead_time; the rate estimator is controller/policy_rate.py):
   while there is work, target >= ceil(rate x seconds_per_unit / work_per_session) (the sessions
   busy on average at the arrival rate) and >= ceil((total + rate x lead_time) / work_per_session)
-  (the work there once a session opened now is ready).
+  (the work there once a session opened now is ready). prewarm_safety (beta) turns the first
+  into square-root staffing: ceil((load + beta x sqrt(load)) / work_per_session), load = rate x
+  seconds_per_unit, so the spare sessions grow with the square root of the load.
 - **Queue age** (max_wait): when a source's oldest waiting unit has waited longer than max_wait,
   the open sessions are taken as busy: target >= open + ceil(waiting / work_per_session), the
   waiting units of such sources, and nothing is cancelled or closed (target >= open + opening)

@@ -82,10 +82,13 @@ def sessions(units: float, config: PolicyConfig) -> int:
 
 
 def prewarm(rate: float, config: PolicyConfig) -> int:
-    """Sessions busy on average at this arrival rate (Little's law); 0 without seconds_per_unit."""
+    """Sessions busy on average at this arrival rate (Little's law), plus prewarm_safety x
+    sqrt(load) spare: square-root staffing, since Poisson-like arrivals around a mean load
+    stray by about its square root; 0 without seconds_per_unit."""
     if config.seconds_per_unit is None:
         return 0
-    return sessions(rate * config.seconds_per_unit, config)
+    load = rate * config.seconds_per_unit
+    return sessions(load + config.prewarm_safety * math.sqrt(load), config)
 
 
 def lead(rate: float, total: float, config: PolicyConfig) -> int:

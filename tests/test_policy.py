@@ -283,6 +283,18 @@ def test_prewarming_covers_the_arrival_rate_times_the_unit_time() -> None:
     assert "(pre-warm for 2 units/s)" in second.reason
 
 
+def test_prewarm_safety_adds_spare_sessions_for_the_square_root_of_the_load() -> None:
+    config = policy(seconds_per_unit=3, rate_window=0.001, prewarm_safety=1)
+    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
+    second = decide(QueueDepth(2, 0), Supply(0, 0), config, 1.0, first.state)
+    # 2 units/s x 3 s = a load of 6 units; 6 + sqrt(6) = 8.45 -> 9 sessions, 3 of them spare.
+    assert (dict(second.terms)["prewarm"], second.target) == (9, 9)
+    # One unit in 4 s at 1 s a unit is a load of 0.25: 0.25 + 0.5 asks for no spare session.
+    sparse = policy(seconds_per_unit=1, rate_window=0.001, prewarm_safety=1)
+    idle = decide(QueueDepth(0, 0), Supply(0, 0), sparse, 0.0, PolicyState())
+    assert decide(QueueDepth(1, 0), Supply(0, 0), sparse, 4.0, idle.state).target == 1
+
+
 def test_in_a_steady_state_prewarming_asks_for_the_in_flight_work() -> None:
     # Depth unchanged over 2 s with 4 in flight at 4 s a unit: 2 completed, so 2 arrived.
     config = policy(seconds_per_unit=4, rate_window=0.001, work_per_session=2)
@@ -539,6 +551,8 @@ def test_every_new_setting_is_off_by_default() -> None:
         ({"lead_time": "-1s"}, "lead_time"),
         ({"drain_time": "5s"}, "drain_time: needs seconds_per_unit"),
         ({"seconds_per_unit": 60, "drain_time": 0}, "drain_time"),
+        ({"prewarm_safety": 0.5}, "prewarm_safety: needs seconds_per_unit"),
+        ({"seconds_per_unit": 60, "prewarm_safety": -1}, "prewarm_safety"),
     ],
 )
 def test_bad_settings_name_the_field(fields: dict[str, object], message: str) -> None:

@@ -7,6 +7,7 @@ spec states them, computed here independently of controller/policy.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -268,12 +269,14 @@ def feature_configs(draw: st.DrawFn, **fixed: Any) -> PolicyConfig:
     if seconds_per_unit is not None or lead_time:
         rate = {"rate_window": draw(st.sampled_from([0.001, 10.0, 60.0]))}
     drain_time = None if seconds_per_unit is None else draw(st.none() | st.sampled_from([1.0, 5.0, 60.0]))
+    safety = 0.0 if seconds_per_unit is None else draw(st.sampled_from([0.0, 0.0, 0.5, 1.0]))
     fields = {
         **base,
         "mode": draw(st.sampled_from(["act", "advise"])),
         "buffer_sessions": draw(st.sampled_from([0, 0, 1, 3])),
         "seconds_per_unit": seconds_per_unit,
         "drain_time": drain_time,
+        "prewarm_safety": safety,
         "lead_time": lead_time,
         **rate,
         "max_wait": draw(st.none() | st.sampled_from([0.5, 10.0, 60.0])),
@@ -630,3 +633,25 @@ def test_drain_time_shares_the_backlog_and_never_asks_for_more(
     assert with_drain.target <= without.target
     in_flight = ceil_div(units(sources, "in_flight"), config.work_per_session)
     assert with_drain.target >= within(shared, in_flight if weighted_need(plain, sources, supply) else 0)
+
+
+@SETTINGS
+@given(
+    config=configs(),
+    seconds_per_unit=st.sampled_from([1.0, 7.0, 60.0]),
+    safety=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]),
+    sources=st.lists(st.builds(SourceDepth, st.just("a"), aged_depths, weights), min_size=1, max_size=3),
+    supply=supplies,
+)
+def test_prewarm_safety_staffs_the_load_plus_its_square_root(
+    config: PolicyConfig, seconds_per_unit: float, safety: float, sources: list[SourceDepth], supply: Supply
+) -> None:
+    plain = config.model_copy(update={"seconds_per_unit": seconds_per_unit})
+    staffed = plain.model_copy(update={"prewarm_safety": safety})
+    decision = decide(sources, supply, staffed, 0.0, PolicyState())
+    # From a fresh state the load is the weighted in-flight work (the rate that keeps it steady).
+    need = weighted_need(staffed, sources, supply)
+    load = float(sum((Fraction(str(s.weight)) * s.depth.in_flight for s in sources), Fraction(0)))
+    spare = math.ceil((load + safety * math.sqrt(load)) / config.work_per_session - 1e-9) if need else 0
+    assert decision.target == within(staffed, max(need, spare))
+    assert decision.target >= decide(sources, supply, plain, 0.0, PolicyState()).target
