@@ -95,7 +95,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from controller.simulation.report import run_cli
 
     try:
-        return run_cli(everything=args.all, traces=args.trace, policies=args.policy, out=args.out)
+        return run_cli(
+            everything=args.all, traces=args.trace, policies=args.policy, out=args.out, frontier=args.frontier
+        )
     except ValueError as exc:
         return _fail(str(exc))
 
@@ -166,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a built-in trace or a CSV of seconds,jobs[,service_seconds] (repeatable; default: all)",
     )
     p.add_argument("--policy", action="append", metavar="NAME", help="a policy (repeatable; default: all)")
-    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all: bench)")
+    p.add_argument(
+        "--frontier", action="store_true",
+        help="sweep our cost-for-wait settings on one --trace (default diurnal) against the KEDA "
+        "baselines; write frontier.md and frontier.png to --out (default bench)",
+    )  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all or --frontier: bench)")
     p.set_defaults(func=_cmd_simulate)
 
     return parser

@@ -9,6 +9,7 @@ import pytest
 import controller.policy
 from controller.cli import main
 from controller.simulation import Consumer, Model, Result, Trace, World, simulate
+from controller.simulation import frontier
 from controller.simulation import policies as sim_policies
 from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours
 from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours
@@ -308,3 +309,55 @@ def test_simulate_command_takes_a_csv_trace(tmp_path: Path, capsys: pytest.Captu
 def test_simulate_command_rejects_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--trace", "spike", "--policy", "magic"]) == 2
     assert "unknown magic; expected one of ours," in capsys.readouterr().err
+
+
+# ---- the frontier sweep --------------------------------------------------------------------------
+
+
+def scored(p95: float, cost_hours: float) -> Result:
+    return Result("t", "p", 1, 0, 0.0, p95, p95, p95, cost_hours * 3600, 0.0, 1, 0, 0.0, 1.0)
+
+
+def test_the_pareto_front_drops_points_beaten_on_both_and_keeps_trade_offs() -> None:
+    cheap, fast, beaten, twin = scored(20, 1), scored(5, 3), scored(21, 2), scored(20, 1)
+    points = [frontier.Point({"n": i}, r) for i, r in enumerate([beaten, fast, cheap, twin])]
+    assert [p.result for p in frontier.pareto(points)] == [cheap, twin, fast]
+    assert [p.label for p in frontier.pareto(points)] == ["n 2", "n 3", "n 1"]
+    assert frontier.Point({}, cheap).label == "defaults"
+
+
+def test_the_corner_is_scaledobjects_wait_at_scaledjobs_cost_ties_excluded() -> None:
+    marks = {frontier.WAIT_BAR: scored(10, 100), frontier.COST_BAR: scored(40, 10)}
+    assert frontier.in_corner(scored(9, 9), marks)
+    assert not frontier.in_corner(scored(9, 9.99), marks)  # within 0.5% of ScaledJob's cost: a tie
+    assert not frontier.in_corner(scored(11, 5), marks)
+    assert frontier.beats(scored(9, 9), marks[frontier.COST_BAR])
+    assert not frontier.beats(scored(9, 11), marks[frontier.COST_BAR])
+
+
+def test_simulate_frontier_sweeps_the_grid_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "few.csv"
+    path.write_text("seconds,jobs,service_seconds\n0,3,60\n400,2,30\n")
+    assert main(["simulate", "--frontier", "--trace", str(path), "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "frontier.md").read_text()
+    assert f"{len(frontier.GRID)} configs of ours" in report
+    assert report.count("\n| ") == len(frontier.GRID) + 1  # the header and one row per config
+    assert "| defaults |" in report and "| buffer_sessions 1 |" in report
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trace", "spike", "--trace", "steady"], "--frontier: sweeps one trace, got 2"),
+        (["--trace", "spike", "--policy", "ours"], "--frontier: runs its own grid"),
+    ],
+)
+def test_simulate_frontier_rejects_what_it_cannot_sweep(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--frontier", *extra]) == 2
+    assert message in capsys.readouterr().err

@@ -66,6 +66,11 @@ POLICIES: dict[str, Policy] = {
         ours(seconds_per_unit=60, rate_window=600, buffer_sessions=1),
         "feature",
     ),
+    "ours+staffing": Policy(
+        "ours + square-root staffing (60 s/unit, 10 min, safety 0.6)",
+        ours(seconds_per_unit=60, rate_window=600, prewarm_safety=0.6),
+        "feature",
+    ),
     "keda-scaledobject": Policy(
         "KEDA ScaledObject+HPA", lambda m: KedaScaledObject(m.max_workers, m.seed)
     ),
@@ -93,7 +98,8 @@ def built_in(name: str) -> Trace:
     return BUILT_IN[name]()
 
 
-def _run(job: tuple[Trace | str, str, Model]) -> Result:
+def run_one(job: tuple[Trace | str, str, Model]) -> Result:
+    """One (trace, policy name, model) job; a trace named by a string is built here."""
     trace, policy, model = job
     if isinstance(trace, str):
         trace = built_in(trace)  # built in the worker process: cheaper than pickling it
@@ -105,9 +111,9 @@ def run_all(traces: list[Trace | str], policies: list[str], model: Model = MODEL
     jobs = [(trace, policy, model) for trace in traces for policy in policies]
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers <= 1:
-        return [_run(job) for job in jobs]
+        return [run_one(job) for job in jobs]
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_run, jobs))
+        return list(pool.map(run_one, jobs))
 
 
 @dataclass(frozen=True)

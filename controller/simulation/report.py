@@ -22,8 +22,14 @@ from controller.simulation.traces import BUILT_IN, Trace, read_csv, write_csv
 HOUR = 3600.0
 
 
-def run_cli(*, everything: bool, traces: list[str] | None, policies: list[str] | None, out: str | None) -> int:
-    """Run the chosen traces x policies (all with `everything`) and report; 0 when done."""
+def run_cli(
+    *, everything: bool, traces: list[str] | None, policies: list[str] | None, out: str | None,
+    frontier: bool = False,
+) -> int:
+    """Run the chosen traces x policies (all with `everything`) and report; 0 when done.
+    With `frontier`, sweep our settings on one trace instead (controller/simulation/frontier.py)."""
+    if frontier:
+        return _frontier(traces or ["diurnal"], policies, out)
     trace_names = list(BUILT_IN) if everything or not traces else traces
     chosen = list(POLICIES) if everything or not policies else policies
     unknown = [p for p in chosen if p not in POLICIES]
@@ -39,6 +45,19 @@ def run_cli(*, everything: bool, traces: list[str] | None, policies: list[str] |
     if folder is not None:
         write(folder, markdown, results, [_as_trace(t) for t in loaded])
         print(f"wrote {folder / 'results.md'} and {folder / 'results.png'}")
+    return 0
+
+
+def _frontier(traces: list[str], policies: list[str] | None, out: str | None) -> int:
+    from controller.simulation.frontier import run_cli as sweep
+
+    if len(traces) != 1:
+        raise ValueError(f"--frontier: sweeps one trace, got {len(traces)}")
+    if policies:
+        raise ValueError("--frontier: runs its own grid of our settings; drop --policy")
+    folder = Path(out or "bench")
+    print(sweep(_trace(traces[0]), folder))
+    print(f"wrote {folder / 'frontier.md'} and {folder / 'frontier.png'}")
     return 0
 
 
