@@ -82,7 +82,8 @@ class PolicyConfig(_Strict):
     rate_window: Duration = Field(
         60.0,
         gt=0,
-        description="time constant of the arrival-rate average (with seconds_per_unit or lead_time)",
+        description="time constant of the arrival-rate average (with seconds_per_unit or lead_time); "
+        "never shorter than seconds_per_unit",
     )
     drain_time: Duration | None = Field(
         None,

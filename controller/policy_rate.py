@@ -19,8 +19,9 @@ In a steady state rate × seconds_per_unit is about the mean in-flight work what
 seconds_per_unit is (the completions term is in_flight / seconds_per_unit); seconds_per_unit
 sets how far a growing queue is extrapolated.
 
-arrivals / dt is averaged as an EWMA with time constant rate_window: each interval weighs
-1 − exp(−dt / rate_window), so ticks that come early (a push from the queue) weigh less, and an
+arrivals / dt is averaged as an EWMA with time constant rate_window (at least seconds_per_unit,
+so that one unit never reads as a load above one unit): each interval weighs
+1 − exp(−dt / window), so ticks that come early (a push from the queue) weigh less, and an
 outage counts as one long interval. The first read starts the average at in_flight /
 seconds_per_unit, the rate that keeps that depth steady (0 without seconds_per_unit). Pure: the
 clock is the caller's `now`.
@@ -67,8 +68,15 @@ def update(
     if config.seconds_per_unit is not None:
         completions = (previous.in_flight + in_flight) / 2 * dt / config.seconds_per_unit
     arrivals = total - previous.total + completions
-    weight = -math.expm1(-dt / config.rate_window)
+    weight = -math.expm1(-dt / window(config))
     return RateState(now, total, in_flight, previous.rate + weight * (arrivals / dt - previous.rate))
+
+
+def window(config: PolicyConfig) -> float:
+    """The average's time constant: rate_window, never shorter than seconds_per_unit."""
+    # One arrival lifts a w-second average by 1/w units/s, which pre-warming multiplies by
+    # seconds_per_unit: a window shorter than a unit would ask a lone unit for several sessions.
+    return max(config.rate_window, config.seconds_per_unit or 0.0)
 
 
 def arrival_rate(state: RateState) -> float:

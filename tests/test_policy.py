@@ -8,6 +8,7 @@ import pytest
 
 from pydantic import ValidationError
 
+from controller import policy_rate
 from controller.config import PolicyConfig
 from controller.policy import Decision, PolicyState, SourceDepth, Supply, budget_cap, decide
 from controller.sources import QueueDepth
@@ -274,25 +275,44 @@ def test_the_buffer_stays_within_the_caps_and_does_not_wake_below_activation() -
 
 
 def test_prewarming_covers_the_arrival_rate_times_the_unit_time() -> None:
-    # A tiny rate_window: the average is the last interval's rate, so the numbers are exact.
-    config = policy(seconds_per_unit=3, rate_window=0.001)
-    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
-    second = decide(QueueDepth(2, 0), Supply(0, 0), config, 1.0, first.state)
-    assert second.terms == (("work", 2), ("rate", pytest.approx(2.0)), ("prewarm", 6), ("lead", 0))
-    assert (second.target, second.open) == (6, 6)
-    assert "(pre-warm for 2 units/s)" in second.reason
+    assert policy_rate.prewarm(2.0, policy(seconds_per_unit=3)) == 6
+    assert policy_rate.prewarm(2.0, policy(seconds_per_unit=3, work_per_session=4)) == 2
+
+
+def test_prewarming_keeps_the_sessions_of_the_arrival_rate_through_a_dip() -> None:
+    config = policy(seconds_per_unit=10)
+    # From a fresh state the rate is the one that keeps 6 units in flight: 0.6 units/s.
+    first = decide(QueueDepth(0, 6), Supply(6, 0), config, 0.0, PolicyState())
+    dip = decide(QueueDepth(0, 3), Supply(6, 0), config, 1.0, first.state)
+    # 3 fewer in flight a second later, 0.45 expected to complete: -2.55 arrivals, weighed
+    # 1 - e^(-1/60) against the average (rate_window 60 s).
+    rate = 0.6 + (1 - math.exp(-1 / 60)) * (-3 + 0.45 - 0.6)
+    assert dip.terms == (("work", 3), ("rate", pytest.approx(rate)), ("prewarm", 6), ("lead", 0))
+    assert (dip.target, dip.close) == (6, 0)
+    assert f"(pre-warm for {rate:.3g} units/s)" in dip.reason
+
+
+def test_a_lone_unit_asks_for_one_session_however_long_units_take() -> None:
+    for seconds in (30, 300, 3600):
+        config = policy(seconds_per_unit=seconds)  # rate_window 60 s, shorter than most units
+        state = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState()).state
+        targets = set()
+        for now, depth in [(1.0, QueueDepth(1, 0)), *((t + 2.0, QueueDepth(0, 1)) for t in range(seconds))]:
+            decision = decide(depth, Supply(1, 0), config, now, state)
+            state = decision.state
+            targets.add(decision.target)
+        assert targets == {1}, f"seconds_per_unit {seconds}"
 
 
 def test_prewarm_safety_adds_spare_sessions_for_the_square_root_of_the_load() -> None:
-    config = policy(seconds_per_unit=3, rate_window=0.001, prewarm_safety=1)
-    first = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState())
-    second = decide(QueueDepth(2, 0), Supply(0, 0), config, 1.0, first.state)
     # 2 units/s x 3 s = a load of 6 units; 6 + sqrt(6) = 8.45 -> 9 sessions, 3 of them spare.
-    assert (dict(second.terms)["prewarm"], second.target) == (9, 9)
+    assert policy_rate.prewarm(2.0, policy(seconds_per_unit=3, prewarm_safety=1)) == 9
     # One unit in 4 s at 1 s a unit is a load of 0.25: 0.25 + 0.5 asks for no spare session.
-    sparse = policy(seconds_per_unit=1, rate_window=0.001, prewarm_safety=1)
-    idle = decide(QueueDepth(0, 0), Supply(0, 0), sparse, 0.0, PolicyState())
-    assert decide(QueueDepth(1, 0), Supply(0, 0), sparse, 4.0, idle.state).target == 1
+    assert policy_rate.prewarm(0.25, policy(seconds_per_unit=1, prewarm_safety=1)) == 1
+    # In decide(): 6 units in flight, from a fresh state a load of 6.
+    config = policy(seconds_per_unit=60, prewarm_safety=1)
+    decision = decide(QueueDepth(0, 6), Supply(6, 0), config, 0.0, PolicyState())
+    assert (dict(decision.terms)["prewarm"], decision.target, decision.open) == (9, 9, 3)
 
 
 def test_in_a_steady_state_prewarming_asks_for_the_in_flight_work() -> None:

@@ -655,3 +655,24 @@ def test_prewarm_safety_staffs_the_load_plus_its_square_root(
     spare = math.ceil((load + safety * math.sqrt(load)) / config.work_per_session - 1e-9) if need else 0
     assert decision.target == within(staffed, max(need, spare))
     assert decision.target >= decide(sources, supply, plain, 0.0, PolicyState()).target
+
+
+@SETTINGS
+@given(
+    seconds_per_unit=st.sampled_from([1.0, 7.0, 60.0, 300.0, 3600.0]),
+    rate_window=st.sampled_from([0.001, 10.0, 60.0, 600.0]),
+    tick=st.sampled_from([0.05, 1.0, 5.0, 30.0]),
+    queued_for=st.integers(1, 5),
+)
+def test_a_lone_unit_never_asks_for_a_second_session(
+    seconds_per_unit: float, rate_window: float, tick: float, queued_for: int
+) -> None:
+    config = PolicyConfig(seconds_per_unit=seconds_per_unit, rate_window=rate_window)
+    state, now = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState()).state, 0.0
+    # The unit waits a few ticks, then runs (the estimate peaks early: 200 reads of its run).
+    reads = [QueueDepth(1, 0)] * queued_for + [QueueDepth(0, 1)] * min(200, int(seconds_per_unit / tick) + 1)
+    for depth in reads:
+        now += tick
+        decision = decide(depth, Supply(0, 1) if depth.waiting else Supply(1, 0), config, now, state)
+        state = decision.state
+        assert decision.target <= 1, f"{decision.target} sessions for one unit at t={now:g}"
