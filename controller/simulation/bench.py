@@ -98,12 +98,15 @@ def built_in(name: str) -> Trace:
     return BUILT_IN[name]()
 
 
+def as_trace(trace: Trace | str) -> Trace:
+    """A trace, or a built-in one by name (built where it runs: cheaper than pickling it)."""
+    return built_in(trace) if isinstance(trace, str) else trace
+
+
 def run_one(job: tuple[Trace | str, str, Model]) -> Result:
     """One (trace, policy name, model) job; a trace named by a string is built here."""
     trace, policy, model = job
-    if isinstance(trace, str):
-        trace = built_in(trace)  # built in the worker process: cheaper than pickling it
-    return simulate(trace, POLICIES[policy].factory, model, policy)
+    return simulate(as_trace(trace), POLICIES[policy].factory, model, policy)
 
 
 def run_all(traces: list[Trace | str], policies: list[str], model: Model = MODEL) -> list[Result]:

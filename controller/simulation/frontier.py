@@ -16,7 +16,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from controller.simulation.bench import MODEL, POLICIES, TIE, built_in, ours, run_one
+from controller.simulation.bench import MODEL, POLICIES, TIE, as_trace, ours, run_one
 from controller.simulation.measure import Result, simulate
 from controller.simulation.report import HOUR
 from controller.simulation.traces import Trace
@@ -53,9 +53,7 @@ class Point:
 
 def _run_config(job: tuple[Trace | str, dict[str, Any]]) -> Result:
     trace, fields = job
-    if isinstance(trace, str):
-        trace = built_in(trace)
-    return simulate(trace, ours(**fields), MODEL, "ours")
+    return simulate(as_trace(trace), ours(**fields), MODEL, "ours")
 
 
 def sweep(trace: Trace | str) -> tuple[list[Point], dict[str, Result]]:
@@ -170,8 +168,7 @@ def run_cli(trace: Trace | str, out: Path) -> str:
     started = time.perf_counter()
     points, marks = sweep(trace)
     elapsed = time.perf_counter() - started
-    loaded = built_in(trace) if isinstance(trace, str) else trace
-    markdown = render(loaded, points, marks, elapsed)
+    markdown = render(as_trace(trace), points, marks, elapsed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(markdown)
     plot(points, marks, out / "frontier.png")

@@ -12,7 +12,7 @@ from controller.simulation.bench import (
     TIE,
     TUNED,
     Check,
-    built_in,
+    as_trace,
     checks,
     run_all,
 )
@@ -39,11 +39,11 @@ def run_cli(
     started = time.perf_counter()
     results = run_all(loaded, chosen)
     elapsed = time.perf_counter() - started
-    markdown = render(results, [_as_trace(t) for t in loaded], elapsed)
+    markdown = render(results, [as_trace(t) for t in loaded], elapsed)
     print(markdown)
     folder = Path(out) if out else (Path("bench") if everything else None)
     if folder is not None:
-        write(folder, markdown, results, [_as_trace(t) for t in loaded])
+        write(folder, markdown, results, [as_trace(t) for t in loaded])
         print(f"wrote {folder / 'results.md'} and {folder / 'results.png'}")
     return 0
 
@@ -68,10 +68,6 @@ def _trace(name: str) -> Trace | str:
     if path.suffix == ".csv" and path.is_file():
         return read_csv(path)
     raise ValueError(f"--trace: unknown trace {name!r}; expected one of {', '.join(BUILT_IN)} or a CSV file")
-
-
-def _as_trace(trace: Trace | str) -> Trace:
-    return built_in(trace) if isinstance(trace, str) else trace
 
 
 def write(folder: Path, markdown: str, results: list[Result], traces: list[Trace]) -> None:
