@@ -354,6 +354,7 @@ def test_simulate_frontier_sweeps_the_grid_and_writes_the_report(
     [
         (["--trace", "spike", "--trace", "steady"], "--frontier: sweeps one trace, got 2"),
         (["--trace", "spike", "--policy", "ours"], "--frontier: runs its own grid"),
+        (["--all"], "--frontier: sweeps one trace; drop --all"),
     ],
 )
 def test_simulate_frontier_rejects_what_it_cannot_sweep(

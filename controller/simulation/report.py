@@ -29,6 +29,8 @@ def run_cli(
     """Run the chosen traces x policies (all with `everything`) and report; 0 when done.
     With `frontier`, sweep our settings on one trace instead (controller/simulation/frontier.py)."""
     if frontier:
+        if everything:
+            raise ValueError("--frontier: sweeps one trace; drop --all")
         return _frontier(traces or ["diurnal"], policies, out)
     trace_names = list(BUILT_IN) if everything or not traces else traces
     chosen = list(POLICIES) if everything or not policies else policies
