@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Every direct and transitive dependency, pinned (`make lock` refreshes it). Used as pip
+# constraints, so each target installs only what its extra needs, at exactly the tested version.
+LOCK := constraints.txt
+PIP_INSTALL = $(PY) -m pip install -q --disable-pip-version-check -c $(LOCK)
+PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: test demo bench bench-frontier bench-reaction clean
+.PHONY: test lint demo bench bench-frontier bench-reaction lock clean
 
 # One stamp per extra: the demo does not wait for the test tools (Helm, schemas) to install.
-$(VENV)/.installed-%: pyproject.toml
+# setuptools comes from the lock too (no build isolation), so the build is as pinned as the rest.
+$(VENV)/.installed-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$*]'
+	$(PIP_INSTALL) setuptools
+	$(PIP_INSTALL) --no-build-isolation -e '.[$*]'
 	touch $@
 
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
 
 demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vast-queue-scaler demo $(DEMO_ARGS)
@@ -30,5 +39,12 @@ bench-frontier: $(VENV)/.installed-demo
 bench-reaction: $(VENV)/.installed-demo
 	$(PY) bench/reaction.py
 
+# Re-resolve every dependency to the newest release pyproject.toml allows; run `make test` after.
+lock:
+	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --disable-pip-version-check $(PIP_TOOLS)
+	.venv-lock/bin/pip-compile -q --upgrade --all-extras --all-build-deps --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
+
 clean:
-	rm -rf $(VENV) state demo-out .pytest_cache
+	rm -rf $(VENV) .venv-lock state demo-out .pytest_cache

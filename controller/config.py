@@ -103,7 +103,7 @@ class PolicyConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_relations(self) -> "PolicyConfig":
+    def _check_relations(self) -> PolicyConfig:
         if self.max_sessions < self.min_sessions:
             raise ValueError(f"max_sessions: must be >= min_sessions ({self.min_sessions})")
         if self.max_cost_per_hour is not None and self.price_per_session_hour is None:
@@ -180,7 +180,7 @@ class ScalerConfig(_Strict):
     session: SessionConfig = Field(default_factory=SessionConfig, description="session handling")
 
     @model_validator(mode="after")
-    def _one_source_form(self) -> "ScalerConfig":
+    def _one_source_form(self) -> ScalerConfig:
         if (self.source is None) == (self.sources is None):
             raise ValueError("source: set exactly one of source (one queue) or sources (a list)")
         labels = [spec.label for spec in self.sources or ()]
@@ -298,7 +298,7 @@ class LeaderConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "LeaderConfig":
+    def _check_kind(self) -> LeaderConfig:
         problems = [
             f"{field}: only used with kind: {kind}"
             for field, kind in _LEADER_FIELDS_OF_KIND.items()
@@ -408,7 +408,7 @@ class Config(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _check_unique_names(self) -> "Config":
+    def _check_unique_names(self) -> Config:
         first: dict[str, int] = {}
         problems = []
         for index, scaler in enumerate(self.scalers):
@@ -423,7 +423,7 @@ class Config(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_state(self) -> "Config":
+    def _check_state(self) -> Config:
         if self.state_url is not None and "state_dir" in self.model_fields_set:
             raise ValueError("state_dir: set either state_dir or state_url, not both")
         if self.leader.kind != "none" and self.state_url is None:

@@ -33,7 +33,7 @@ class SessionRecord:
         return {**asdict(self.session), "opened_at": self.opened_at}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SessionRecord":
+    def from_json(cls, data: dict[str, Any]) -> SessionRecord:
         return cls(
             session=GrantedSession(
                 session_id=str(data["session_id"]),

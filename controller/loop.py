@@ -10,8 +10,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from controller.admin import DecisionLog, decision_record
 from controller.config import PolicyConfig
@@ -147,7 +148,7 @@ class ScalerLoop:
             observation = depth = depths[0]
         else:
             observation = [
-                SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths)
+                SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths, strict=True)
             ]
             # Metrics and /status show the plain sum; a failed read of any queue counts as failed.
             depth = None if None in depths else _sum(d for d in depths if d is not None)

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from controller.policy import Decision, Supply
 from controller.sessions import PoolMetrics, backoff

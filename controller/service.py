@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import secrets
 import signal
 import time
-import itertools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -22,8 +22,8 @@ from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
 from controller.loop import NamedSource, ScalerLoop
 from controller.metrics import Metrics
-from controller.server import MetricsServer
 from controller.reservations import ReservationPool
+from controller.server import MetricsServer
 from controller.sessions import SessionPool, backoff
 from controller.sources import Source, from_url
 from controller.vast import VastClient

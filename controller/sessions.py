@@ -12,8 +12,9 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from controller.ledger import Ledger, LedgerError, SessionRecord
 from controller.policy import Decision, Supply

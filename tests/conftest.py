@@ -10,11 +10,9 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
-
 from typing import Any
 
 import pytest
-
 from support import nats_server, nats_server_binary, redis_answers, redis_server
 
 LOCAL_REDIS = ("127.0.0.1", 6379)

@@ -20,9 +20,8 @@ from openapi_schema_validator import OAS30Validator
 from pydantic import SecretStr
 
 from controller.admin import DECISIONS_KEPT, MAX_BODY, DecisionLog, admin_routes, decision_record
-from controller.config import ConfigError, load_config
+from controller.config import ConfigError, PolicyConfig, load_config
 from controller.metrics import Metrics
-from controller.config import PolicyConfig
 from controller.policy import PolicyState, Supply, decide
 from controller.server import MetricsServer
 from controller.sources import QueueDepth

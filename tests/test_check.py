@@ -7,8 +7,8 @@ import os
 import socket
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis

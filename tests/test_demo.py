@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 from rich.console import Console
-from support import free_port
+from support import eventually, free_port
 
 from controller.cli import main as cli_main
 from controller.demo.live import Display, Snapshot, line, render
 from controller.demo.load import Job, TraceError, from_csv, trapezoid
 from controller.demo.observe import billing, parse_metrics, sessions_held, workers_by_state
+from controller.demo.processes import DemoError
 from controller.demo.producer import Producer, create_group, pending, read_results
 from controller.demo.queue import Queue, open_queue, start_embedded
 from controller.demo.report import Sample, at_zero, percentile, plot, succeeded, summarize
@@ -292,7 +293,7 @@ async def test_open_queue_starts_an_embedded_server_when_no_redis_answers() -> N
     queue = await open_queue(f"redis://127.0.0.1:{free_port()}/0")
     try:
         assert queue.kind == "embedded"
-        assert "fakeredis" in queue.description
+        assert "embedded valkey-server" in queue.description
         assert "no Redis answered at redis://127.0.0.1:" in queue.description
         client = aioredis.from_url(queue.url, decode_responses=True)
         reader = aioredis.from_url(queue.url, decode_responses=True)
@@ -302,15 +303,25 @@ async def test_open_queue_starts_an_embedded_server_when_no_redis_answers() -> N
         await asyncio.sleep(0.3)
         assert not read.done()
         await client.xadd("s", {"id": "x"})
-        # ...and a write wakes it: it answers empty, and the next read takes the entry.
-        assert not await asyncio.wait_for(read, 5)
-        reply = await reader.xreadgroup("g", "c", {"s": ">"}, count=1, block=1000)
+        # ...and returns the entry as soon as it arrives.
+        reply = await asyncio.wait_for(read, 5)
         assert reply[0][1][0][1] == {"id": "x"}
+        assert (await client.config_get("save"))["save"] == ""
         await client.aclose()
         await reader.aclose()
     finally:
         await queue.close()
     assert queue.process is not None and queue.process.returncode is not None
+
+
+async def test_open_queue_without_an_embedded_server_says_how_to_get_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("controller.demo.queue.valkey_server_binary", lambda: None)
+    with pytest.raises(DemoError, match=r"^no Redis answered at redis://127\.0\.0\.1:\d+/0, and this platform .*REDIS_URL"):
+        await open_queue(f"redis://127.0.0.1:{free_port()}/0")
+
+
+async def _blocked_clients(client: aioredis.Redis, count: int) -> bool:
+    return (await client.info("clients"))["blocked_clients"] == count
 
 
 def _resp(*args: str) -> bytes:
@@ -327,11 +338,11 @@ async def test_embedded_server_gives_nothing_to_a_reader_that_went_away() -> Non
         read = ("XREADGROUP", "GROUP", "g", "gone", "COUNT", "1", "BLOCK", "3000", "STREAMS", "s", ">")
         writer.write(_resp(*read))
         await writer.drain()
-        await asyncio.sleep(0.3)
+        await eventually(lambda: _blocked_clients(client, 1), what="the reader to block")
         writer.close()
         await writer.wait_closed()
+        await eventually(lambda: _blocked_clients(client, 0), what="the server to drop the reader")
         await client.xadd("s", {"id": "x"})
-        await asyncio.sleep(0.3)
         assert (await client.xpending("s", "g"))["pending"] == 0
         reply = await client.xreadgroup("g", "alive", {"s": ">"}, count=1)
         assert reply[0][1][0][1] == {"id": "x"}

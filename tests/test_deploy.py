@@ -14,15 +14,16 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from deploy_support import DEPLOY, ROOT, SECRET, load_with_env, load_yaml
 
 from controller.cli import build_parser
 from controller.config import Config
-from deploy_support import DEPLOY, ROOT, SECRET, load_with_env, load_yaml
 
 
 def which_or_skip(tool: str) -> str:

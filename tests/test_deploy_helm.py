@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from deploy_support import DEPLOY, SECRET, load_with_env, load_yaml
 
 CHART = DEPLOY / "helm/vast-queue-scaler"

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from deploy_support import DEPLOY, load_yaml
 
 # The metric names bound in INTERFACES.md; histograms also expose _bucket, _sum and _count.

@@ -13,9 +13,9 @@ from pathlib import Path
 import boto3
 import pytest
 import redis.asyncio as aioredis
+from support import free_port, source_url_error
 
 from controller.sources import SourceURLError, from_url
-from support import free_port, source_url_error
 
 
 def command() -> str:

@@ -8,8 +8,7 @@ import pytest
 
 import controller.policy
 from controller.cli import main
-from controller.simulation import Consumer, Model, Result, Trace, World, simulate
-from controller.simulation import frontier
+from controller.simulation import Consumer, Model, Result, Trace, World, frontier, simulate
 from controller.simulation import policies as sim_policies
 from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours
 from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours

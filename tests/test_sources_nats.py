@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from support import free_port, nats_server, nats_server_binary, silent_server, source_url_error
 
 from controller.sources import QueueDepth, SourceError, WatchableSource, from_url, read_once
-from support import free_port, nats_server, nats_server_binary, silent_server, source_url_error
 
 
 async def quiet(exc: Exception) -> None:

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from support import free_port, redis_server, silent_server, source_url_error
 
 from controller.sources import QueueDepth, SourceError, WatchableSource, from_url, read_once
 from controller.sources import redis as redis_source
-from support import free_port, redis_server, silent_server, source_url_error
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 
 import boto3
 import pytest
+from support import source_url_error
 
 from controller.sources import QueueDepth, SourceError, WatchableSource, from_url, read_once
-from support import source_url_error
 
 REGION = "us-east-1"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 def main(**options: Any) -> int:
     """Run the demo (see controller.demo.run.main for the options); returns the exit code."""
-    # Imported here: `python -m controller.demo.queue` must not find its module imported already.
+    # Imported here: the demo's own dependencies (rich, matplotlib) are an extra the CLI may lack.
     from controller.demo.run import main as run_main
 
     return run_main(**options)

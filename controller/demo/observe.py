@@ -106,7 +106,7 @@ class Observer:
             async with self.http.get(f"{self.metrics_url}/metrics") as response:
                 response.raise_for_status()
                 return parse_metrics(await response.text(), self.scaler)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ObserveError(f"controller /metrics at {self.metrics_url}: {exc!r}") from None
 
     async def _emulator(self) -> dict[str, Any]:
@@ -114,7 +114,7 @@ class Observer:
             async with self.http.get(f"{self.emulator_url}/_emulator/state") as response:
                 response.raise_for_status()
                 return await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ObserveError(f"emulator state at {self.emulator_url}: {exc!r}") from None
 
     async def _done(self) -> int:

@@ -80,7 +80,7 @@ class ControllerProcess:
         self.process.send_signal(signal.SIGTERM)
         try:
             return await asyncio.wait_for(self.process.wait(), CONTROLLER_STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.process.kill()
             return await self.process.wait()
 

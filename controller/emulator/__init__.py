@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from controller.emulator.config import EmulatorConfig, EmulatorConfigError, build_config, load_config
 

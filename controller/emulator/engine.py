@@ -35,8 +35,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from controller.emulator.config import WORKER_PERF, EmulatorConfig, EndpointConfig
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Awaitable, Callable, Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator

@@ -236,7 +236,7 @@ class InprocessWorkers:
         try:
             await asyncio.wait_for(released.wait(), seconds)
             outcome = "release"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "duration_elapsed"
         finally:
             holds.discard(released)
@@ -278,7 +278,7 @@ class InprocessWorkers:
         try:
             async with self.pool.http.post(info.on_close_route, json=body, timeout=ON_CLOSE_TIMEOUT) as response:
                 await response.read()
-        except (ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, ClientError, ValueError) as exc:
             log.debug("on_close_route failed for a session: %s", type(exc).__name__)
 
     async def collect_expired(self) -> None:

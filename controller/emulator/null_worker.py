@@ -77,7 +77,7 @@ class Reservations:
         try:
             await asyncio.wait_for(released.wait(), seconds)
             return {"released": "release", "duration": seconds}
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {"released": "duration_elapsed", "duration": seconds}
         finally:
             self._releases.discard(released)
@@ -151,7 +151,7 @@ class SessionWatcher:
             async with http.post(self.url, json=body) as response:
                 if response.status < 300:
                     return []
-        except (ClientError, asyncio.TimeoutError):
+        except (TimeoutError, ClientError):
             pass
         return events[-MAX_PENDING_EVENTS:]
 
@@ -222,7 +222,7 @@ class ControlServer:
                 async with http.get(self.backend_health_url) as response:
                     body = await response.read()
                     return web.Response(status=response.status, body=body, content_type=response.content_type)
-        except (ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ClientError) as exc:
             return web.json_response(
                 {"ok": False, "error": f"BACKEND_HEALTH_URL unreachable: {type(exc).__name__}"}, status=503
             )

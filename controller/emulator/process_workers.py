@@ -168,7 +168,7 @@ async def stop_group(leader: asyncio.subprocess.Process, processes: list[asyncio
     signal_group(leader.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), STOP_GRACE_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         signal_group(leader.pid, signal.SIGKILL)
         await asyncio.gather(*(p.wait() for p in processes))
 

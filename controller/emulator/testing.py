@@ -11,8 +11,9 @@ Overrides are top-level config fields, or endpoint fields applied to every endpo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web

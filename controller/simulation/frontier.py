@@ -62,7 +62,7 @@ def sweep(trace: Trace | str) -> tuple[list[Point], dict[str, Result]]:
     with ProcessPoolExecutor(workers) as pool:
         found = list(pool.map(_run_config, [(trace, fields) for fields in GRID]))
         marks = list(pool.map(run_one, [(trace, policy, MODEL) for policy in MARKS]))
-    return [Point(f, r) for f, r in zip(GRID, found)], dict(zip(MARKS, marks))
+    return [Point(f, r) for f, r in zip(GRID, found, strict=True)], dict(zip(MARKS, marks, strict=True))
 
 
 def pareto(points: list[Point]) -> list[Point]:
@@ -148,7 +148,7 @@ def plot(points: list[Point], marks: dict[str, Result], path: Path) -> None:
     front = pareto(points)
     axes.plot([p.result.cost / HOUR for p in front], [p.result.wait_p95 for p in front],
               color="tab:blue", label="ours, Pareto front")  # fmt: skip
-    for marker, (name, r) in zip("^sD", marks.items()):
+    for marker, (name, r) in zip("^sD", marks.items(), strict=False):
         axes.scatter(r.cost / HOUR, r.wait_p95, marker=marker, s=80, label=_label(name))
     corner_cost, corner_wait = marks[COST_BAR].cost / HOUR, marks[WAIT_BAR].wait_p95
     low, _ = axes.get_xlim()

@@ -61,7 +61,7 @@ def simulate(trace: Trace, policy: PolicyFactory, model: Model = DEFAULT_MODEL, 
     world = World(trace, model, controller.consumer)
     world.run(controller)
     waits, unfinished = [], 0
-    for arrival, service, finished in zip(trace.arrivals, trace.services, world.finished_at):
+    for arrival, service, finished in zip(trace.arrivals, trace.services, world.finished_at, strict=True):
         if finished is None:
             unfinished += 1
             waits.append(world.now - arrival)

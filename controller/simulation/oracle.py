@@ -37,7 +37,7 @@ class Oracle:
         last = bisect_right(arrivals, now + self.cold_start + self.interval, lo=self._first_future)
         # Jobs already waiting come first, as if arriving now.
         upcoming = [(now, services[job]) for job in world.queue]
-        upcoming += zip(arrivals[self._first_future : last], services[self._first_future : last])
+        upcoming += zip(arrivals[self._first_future : last], services[self._first_future : last], strict=True)
         sessions, workers = self._free_times(now, world)
         world.open(self._due(now, upcoming, sessions, workers, len(world.stopped)))
         return self.interval

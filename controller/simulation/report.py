@@ -215,7 +215,7 @@ def plot(results: list[Result], path: Path) -> None:
     rows = -(-len(traces) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
     markers = "o^sDvP*Xh<"
-    for panel, trace in zip(axes.flat, traces):
+    for panel, trace in zip(axes.flat, traces, strict=False):
         for index, policy in enumerate(policies):
             result = next((r for r in results if r.trace == trace and r.policy == policy), None)
             if result is not None:

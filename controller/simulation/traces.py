@@ -68,7 +68,7 @@ class Trace:
 def write_csv(trace: Trace, path: Path) -> None:
     """One row per arrival instant and service time (jobs counts identical pairs)."""
     rows: list[list[float]] = []
-    for at, service in zip(trace.arrivals, trace.services):
+    for at, service in zip(trace.arrivals, trace.services, strict=True):
         if rows and rows[-1][0] == at and rows[-1][2] == service:
             rows[-1][1] += 1
         else:

@@ -7,8 +7,9 @@ and parses its own URL (KEDA's one-file-per-scaler layout).
 from __future__ import annotations
 
 import importlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from harness import API_KEY, EMULATOR_TIMINGS, ControllerProcess, StreamQueue, assert_no_secrets
 
 from controller.emulator.testing import RunningEmulator, running_emulator
-from harness import API_KEY, EMULATOR_TIMINGS, ControllerProcess, StreamQueue, assert_no_secrets
+
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[RunningEmulator]:

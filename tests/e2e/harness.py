@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import uuid
 import os
+import secrets
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import eventually, free_port
 
 from controller.emulator.testing import RunningEmulator
-from support import eventually, free_port
 
 #: Fast worker timings: the tests are about the controller, not about waiting for GPUs.
 EMULATOR_TIMINGS = {"cold_start_seconds": 0.5, "resume_seconds": 0.2, "inactivity_timeout": 30}
@@ -52,7 +52,7 @@ class ControllerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "ControllerProcess":
+    async def start(self) -> ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VQS_", "VAST_"))}

@@ -14,10 +14,10 @@ import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
-
-from controller.emulator.testing import running_emulator
 from harness import API_KEY, count, scaler_config, wait_for
 from support import free_port
+
+from controller.emulator.testing import running_emulator
 
 CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
 POLL = 0.5

@@ -6,10 +6,18 @@ import asyncio
 import json
 import signal
 from pathlib import Path
-import pytest
 
+import pytest
 from harness import (
-    assert_no_secrets, count, creates, metric_is, no_sessions, none_left, release, scaler_config, sessions,
+    assert_no_secrets,
+    count,
+    creates,
+    metric_is,
+    no_sessions,
+    none_left,
+    release,
+    scaler_config,
+    sessions,
     wait_for,
 )
 from support import free_port

@@ -9,11 +9,19 @@ import time
 import uuid
 
 import yaml
+from harness import (
+    API_KEY,
+    EMULATOR_TIMINGS,
+    count,
+    creates,
+    log_events,
+    metric_is,
+    post,
+    scaler_config,
+    wait_for,
+)
 
 from controller.emulator.testing import running_emulator
-from harness import (
-    API_KEY, EMULATOR_TIMINGS, count, creates, log_events, metric_is, post, scaler_config, wait_for,
-)
 
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 

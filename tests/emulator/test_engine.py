@@ -8,7 +8,14 @@ import pytest
 
 from controller.emulator.config import build_config
 from controller.emulator.engine import (
-    ERROR_LINGER_SECONDS, GRANT_SECONDS, Action, Engine, Ids, Ready, SessionInfo, Waiting,
+    ERROR_LINGER_SECONDS,
+    GRANT_SECONDS,
+    Action,
+    Engine,
+    Ids,
+    Ready,
+    SessionInfo,
+    Waiting,
 )  # fmt: skip
 
 

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from Crypto.PublicKey import RSA
+from support import eventually
 
 from controller.emulator.process_workers import NullWorkerProcess, free_port
-from support import eventually
 
 HTTP = aiohttp.ClientTimeout(total=15)
 

@@ -1,0 +1,54 @@
+"""The committed lock (constraints.txt) still satisfies pyproject.toml, and this venv installed it."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)")
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        match = PIN.match(line)
+        if match:
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def declared() -> list[Requirement]:
+    """Every requirement pyproject.toml states: build, runtime and every extra (minus self-references)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lines = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    for extra in project["project"]["optional-dependencies"].values():
+        lines += extra
+    name = canonicalize_name(project["project"]["name"])
+    return [r for r in map(Requirement, lines) if canonicalize_name(r.name) != name]
+
+
+def test_every_declared_requirement_is_locked_at_a_version_it_allows():
+    pins = locked()
+    problems = []
+    for requirement in declared():
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        version = pins.get(canonicalize_name(requirement.name))
+        if version is None:
+            problems.append(f"{requirement}: not in constraints.txt")
+        elif not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{requirement}: constraints.txt pins {version}")
+    assert not problems, "constraints.txt no longer satisfies pyproject.toml (run `make lock`): " + "; ".join(problems)
+
+
+def test_this_environment_is_the_locked_one():
+    pins = locked()
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    drift = {name: (installed[name], pin) for name, pin in pins.items() if name in installed and installed[name] != pin}
+    assert not drift, f"installed versions differ from constraints.txt (installed, locked): {drift}"
