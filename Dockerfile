@@ -7,10 +7,13 @@ FROM python:3.11-slim AS build
 # A virtualenv so the final stage copies one directory and no build leftovers.
 RUN python -m venv /opt/vast-queue-scaler
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY controller ./controller
-RUN /opt/vast-queue-scaler/bin/pip install --no-cache-dir --disable-pip-version-check . \
- && /opt/vast-queue-scaler/bin/pip uninstall --yes pip
+# Exactly the locked versions (constraints.txt), setuptools included, so the image is what CI tested.
+RUN /opt/vast-queue-scaler/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt setuptools \
+ && /opt/vast-queue-scaler/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
+      --no-build-isolation . \
+ && /opt/vast-queue-scaler/bin/pip uninstall --yes pip setuptools
 
 FROM python:3.11-slim
 ARG UID=10001

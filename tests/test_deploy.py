@@ -86,6 +86,8 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli() -> None:
     # The ledger's default place (relative state/) is inside the writable volume.
     assert final["VOLUME"] == json.dumps([final["WORKDIR"]])
     assert not Config.model_fields["state_dir"].default.is_absolute()
+    installs = [part for word, rest in steps if word == "RUN" for part in rest.split("&&") if "pip install " in part]
+    assert installs and all("-c constraints.txt" in part for part in installs), installs
     for word, rest in steps:
         if word == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
