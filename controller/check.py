@@ -52,6 +52,7 @@ def _describe(exc: Exception) -> str:
 
 def format_table(readings: list[Reading]) -> str:
     rows = [list(_COLUMNS)]
+    notes = [""]
     for reading in readings:
         cells = [reading.scaler.name, reading.display_url, reading.scaler.endpoint]
         if reading.depth is not None:
@@ -60,6 +61,7 @@ def format_table(readings: list[Reading]) -> str:
         else:
             cells.append(f"ERROR: {reading.error}")
         rows.append(cells)
+        notes.append(f"  WARNING: {reading.depth.missing}; read as empty" if reading.depth and reading.depth.missing else "")
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(_COLUMNS))]
     numeric = {3, 4, 5}
 
@@ -70,7 +72,7 @@ def format_table(readings: list[Reading]) -> str:
             cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)
         ).rstrip()
 
-    return "\n".join(line(row) for row in rows)
+    return "\n".join(line(row) + note for row, note in zip(rows, notes, strict=True))
 
 
 async def check(config: Config, out: TextIO | None = None) -> int:
@@ -80,10 +82,12 @@ async def check(config: Config, out: TextIO | None = None) -> int:
         await asyncio.gather(*(read_source(s, spec.url) for s in config.scalers for spec in s.source_specs))
     )
     failed = sum(reading.error is not None for reading in readings)
+    missing = sum(reading.depth is not None and reading.depth.missing is not None for reading in readings)
     print(format_table(readings), file=out)
     total = len(readings)
     if failed:
         print(f"\n{failed} of {total} source{'s' * (total != 1)} failed", file=out)
         return 1
-    print(f"\nconfig ok; {total} source{'s' * (total != 1)} read", file=out)
+    warned = f" ({missing} read as empty: see WARNING)" if missing else ""
+    print(f"\nconfig ok; {total} source{'s' * (total != 1)} read{warned}", file=out)
     return 0

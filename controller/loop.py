@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: Wake-ups closer together than this are merged: a busy queue must not turn into a busy loop.
 MIN_TICK_GAP = 0.05
 _JITTER = 0.1
+#: A queue that reads as missing (a stream or group not created yet, or a typo) is said again
+#: this often while it lasts: visible, without a warning per tick.
+MISSING_REPEAT_SECONDS = 300.0
 
 
 async def _always() -> bool:
@@ -84,6 +87,7 @@ class ScalerLoop:
         self.last_depth: QueueDepth | None = None
         self.last_decision: Decision | None = None
         self.last_read_ok_at: float | None = None
+        self._missing_said: dict[str, tuple[str, float]] = {}  # source -> (what, when said)
 
     def wake(self) -> None:
         """Run the next tick now (a push from the queue, a released session)."""
@@ -134,10 +138,28 @@ class ScalerLoop:
 
     async def _read(self, named: NamedSource) -> QueueDepth | None:
         try:
-            return await named.source.depth()
+            depth = await named.source.depth()
         except SourceError as exc:
             log.warning("queue depth read failed", extra={"scaler": self.name, "source": named.name, "error": str(exc)})
             return None
+        self._note_missing(named.name, depth.missing)
+        return depth
+
+    def _note_missing(self, source: str, missing: str | None) -> None:
+        """Say when a queue reads as missing: on change, then every MISSING_REPEAT_SECONDS."""
+        said = self._missing_said.get(source)
+        now = self._clock()
+        fields = {"scaler": self.name, "source": source}
+        if missing is None:
+            if said is not None:
+                del self._missing_said[source]
+                log.info("queue found; reading it again", extra=fields)
+                self._metrics.set_source_missing(self.name, source, False)
+            return
+        if said is None or said[0] != missing or now - said[1] >= MISSING_REPEAT_SECONDS:
+            log.warning("queue reads as empty: %s", missing, extra={**fields, "missing": missing})
+            self._missing_said[source] = (missing, now)
+            self._metrics.set_source_missing(self.name, source, True)
 
     async def tick(self) -> Decision:
         started = time.monotonic()

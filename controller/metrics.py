@@ -70,6 +70,11 @@ class Metrics:
             "vqs_last_successful_read_timestamp_seconds", "Unix time of the last good read."
         )
         self.paused = gauge("vqs_paused", "1 while the scaler's policy is paused.")
+        self.source_missing = gauge(
+            "vqs_source_missing",
+            "1 while a queue reads as empty because what its URL names does not exist (stream, group).",
+            "source",
+        )
         # The session pools: what sessions cost and how they come and go.
         self.opened = counter("vqs_sessions_opened_total", "Sessions granted.")
         self.closed = counter("vqs_sessions_closed_total", "Sessions ended, by reason.", "reason")
@@ -126,6 +131,9 @@ class Metrics:
         self.queue_waiting.labels(scaler).set(depth.waiting)
         self.queue_in_flight.labels(scaler).set(depth.in_flight)
         self.last_read.labels(scaler).set(now)
+
+    def set_source_missing(self, scaler: str, source: str, missing: bool) -> None:
+        self.source_missing.labels(self._scaler(scaler), source).set(1 if missing else 0)
 
     def record_decision(self, scaler: str, decision: Decision) -> None:
         scaler = self._scaler(scaler)

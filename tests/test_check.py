@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,6 @@ import redis.asyncio as aioredis
 from controller.check import check
 from controller.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PASSWORD = "pw-never-shown-42"
 
@@ -94,10 +94,20 @@ async def test_a_failed_source_is_a_row_and_exit_1(queues: dict[str, str]) -> No
     table = rows(text)
     assert table["down"][1].startswith("redis://:***@127.0.0.1:")
     assert table["down"][3] == "ERROR:"
-    assert table["missing-group"][3] == "ERROR:" and "nobody" in " ".join(table["missing-group"])
+    assert table["missing-group"][3:7] == ["0", "0", "0", "WARNING:"]
+    assert "has no consumer group 'nobody' (groups: 'workers'); read as empty" in text
     assert table["fine"][3:] == ["3", "0", "3"]
-    assert "2 of 3 sources failed" in text
+    assert "1 of 3 sources failed" in text
     assert PASSWORD not in text
+
+
+async def test_a_missing_stream_is_a_warning_not_a_failure() -> None:
+    config = config_for(("typo", redis_source(f"stream=check:{uuid.uuid4().hex}:no-such-stream&group=workers")))
+    out = io.StringIO()
+    assert await check(config, out=out) == 0
+    assert "does not exist'; read as empty" not in out.getvalue()
+    assert "no-such-stream' does not exist; read as empty" in out.getvalue()
+    assert "config ok; 1 source read (1 read as empty: see WARNING)" in out.getvalue()
 
 
 def test_cli_check_prints_the_table(tmp_path: Path, queues: dict[str, str]) -> None:
@@ -109,7 +119,7 @@ def test_cli_check_prints_the_table(tmp_path: Path, queues: dict[str, str]) -> N
     (tmp_path / "key").write_text("k\n")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
     result = subprocess.run(
-        [str(ROOT / ".venv/bin/vast-queue-scaler"), "check", "--config", str(path)],
+        [sys.executable, "-m", "controller", "check", "--config", str(path)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from controller.demo.processes import DemoError
 from controller.demo.producer import Producer, create_group, pending, read_results
 from controller.demo.queue import Queue, open_queue, start_embedded
 from controller.demo.report import Sample, at_zero, percentile, plot, succeeded, summarize
-from controller.demo.run import Options, load_jobs
+from controller.demo.run import Options, load_jobs, print_summary, run_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -398,3 +399,30 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     config = (out / "config.yaml").read_text()
     assert "stream=vqs-demo:" in config and "callback_url" in config
     assert "queue: embedded" in proc.stderr and "done=" in proc.stderr
+
+
+async def test_a_demo_whose_consumers_cannot_read_stops_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumers that never read: the run stops within its bound, names the cause, leaves no session."""
+    idle = tmp_path / "idle_consumer.py"
+    idle.write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.setattr("controller.demo.run.CONSUMER", idle)
+    options = Options(duration=4, live=False, out=tmp_path / "out", cold_start=0.5, stall_seconds=10)
+    with open(os.devnull, "w") as quiet:
+        with pytest.raises(DemoError) as raised:
+            await run_demo(options, Display(quiet, live=False))
+    assert str(raised.value) == (
+        "sessions were open but no consumer read from the stream in 10.5s: the consumers cannot read the queue; "
+        "stopped, every session is closed"
+    )
+
+
+def test_a_summary_without_waits_says_so(tmp_path: Path) -> None:
+    summary = summarize(
+        scenario="s", samples=[sample()], produced={}, results=[], taken_again=set(), unfinished=set(),
+        billing={}, session_seconds=0.0,
+    )  # fmt: skip
+    stream = io.StringIO()
+    print_summary({**summary, "seconds": 1.0, "queue": "redis"}, tmp_path, stream)
+    assert "None" not in stream.getvalue() and "queue wait: none measured (no job started)" in stream.getvalue()

@@ -170,13 +170,18 @@ async def test_uncountable_lag_is_reported_as_a_lower_bound(client, prefix, redi
     assert "lower bound" in caplog.text
 
 
-async def test_missing_stream_and_missing_group_are_errors_that_say_so(client, prefix, redis_url):
+async def test_missing_stream_and_missing_group_read_as_empty_and_say_which(client, prefix, redis_url):
     stream = f"{prefix}:stream"
-    with pytest.raises(SourceError, match=f"stream '{stream}' does not exist"):
-        await depth(redis_url, f"stream={stream}&group=workers")
+    assert await depth(redis_url, f"stream={stream}&group=workers") == QueueDepth(
+        0, 0, missing=f"stream '{stream}' does not exist"
+    )
     await client.xgroup_create(stream, "other", id="0", mkstream=True)
-    with pytest.raises(SourceError, match=f"stream '{stream}' has no consumer group 'workers' \\(groups: 'other'\\)"):
-        await depth(redis_url, f"stream={stream}&group=workers")
+    await client.xadd(stream, {"n": "1"})
+    assert await depth(redis_url, f"stream={stream}&group=workers") == QueueDepth(
+        0, 0, missing=f"stream '{stream}' has no consumer group 'workers' (groups: 'other')"
+    )
+    await client.xgroup_create(stream, "workers", id="0")
+    assert (await depth(redis_url, f"stream={stream}&group=workers")).missing is None
 
 
 async def test_unreachable_server_is_a_source_error_without_the_password():

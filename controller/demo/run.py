@@ -55,6 +55,9 @@ JOB_SECONDS = 4.0
 SAMPLE_EVERY = 1.0
 #: After the load: the last jobs finish, then idle workers stop after inactivity_timeout.
 DRAIN_TIMEOUT = 90.0
+#: With work outstanding and no job completed for this long (plus the cold start), the run has
+#: failed: stop and say why rather than wait out the load.
+STALL_SECONDS = 30.0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -68,6 +71,11 @@ class Options:
     trace: Path | None = None
     out: Path = Path("demo-out")
     cold_start: float = 3.0
+    stall_seconds: float = STALL_SECONDS
+
+    @property
+    def stall_limit(self) -> float:
+        return self.stall_seconds + self.cold_start
 
 
 @dataclass
@@ -220,8 +228,14 @@ async def _with_emulator(
     )  # fmt: skip
     try:
         await controller.start()
-        taken_again = await _watch(run, producer, observer, controller, display)
+        taken_again = await _watch(run, producer, observer, controller, display, options.stall_limit)
         session_seconds = observer.metrics.get("vqs_session_seconds_total", 0.0)
+    except Stalled as exc:
+        # Stopping the controller closes its sessions (on_shutdown: release); say whether it did.
+        await controller.stop()
+        left = sessions_held(await emulator.state(), ENDPOINT)
+        ending = "every session is closed" if left == 0 else f"{left} sessions were still open when the emulator stopped"
+        raise DemoError(f"{await exc.cause(client, stream, run.samples)}; stopped, {ending}") from None
     finally:
         run.phase = "stopping"
         code = await controller.stop()
@@ -256,24 +270,55 @@ async def _with_emulator(
     return summary
 
 
+class Stalled(Exception):
+    """Work was outstanding and no job completed for `seconds`."""
+
+    def __init__(self, seconds: float, log_path: Path):
+        super().__init__(f"no job completed in {seconds:g}s")
+        self.seconds, self.log_path = seconds, log_path
+
+    async def cause(self, client: redis.Redis, stream: str, samples: list[Sample]) -> str:
+        """One line naming the first part of the chain that did not do its job."""
+        within = f"in {self.seconds:g}s"
+        if not any(s.sessions_open for s in samples):
+            if any(s.sessions_opening for s in samples):
+                return f"sessions were requested but none opened {within}: no worker became ready"
+            return f"the controller opened no session {within} (see {self.log_path})"
+        try:
+            readers = await client.xinfo_consumers(stream, GROUP)
+        except redis.RedisError:
+            readers = []
+        if not readers:
+            return f"sessions were open but no consumer read from the stream {within}: the consumers cannot read the queue"
+        return f"consumers took jobs but none completed {within}"
+
+
 async def _watch(
-    run: Run, producer: Producer, observer: Observer, controller: ControllerProcess, display: Display
+    run: Run, producer: Producer, observer: Observer, controller: ControllerProcess, display: Display,
+    stall_limit: float,
 ) -> set[str]:
     """Play the load and sample every second until back at zero (or the drain time runs out).
 
-    Returns the stream entries seen delivered more than once.
+    Returns the stream entries seen delivered more than once; raises Stalled when outstanding work
+    sees no job complete for `stall_limit` seconds.
     """
     t0 = time.monotonic()
     run.phase = "load"
     playing = asyncio.create_task(producer.run())
     taken_again: set[str] = set()
     drain_deadline: float | None = None
+    progress_at, done = t0, 0
     try:
         while True:
             controller.check_alive()
             sample = await _sample(observer, t0, display)
             if sample is not None:
                 run.samples.append(sample)
+                now = time.monotonic()
+                if sample.jobs_done > done or sample.waiting + sample.in_flight == 0:
+                    progress_at, done = now, sample.jobs_done
+                elif now - progress_at > stall_limit:
+                    raise Stalled(stall_limit, controller.log_path)
                 pending_now = await pending(producer.client, producer.stream, GROUP)
                 taken_again |= {p.entry_id for p in pending_now if p.times_delivered > 1}
                 elapsed = time.monotonic() - t0
@@ -308,7 +353,7 @@ def print_summary(summary: dict[str, Any], out: Path, stream: TextIO) -> None:
         f"{summary['scenario']}: {summary['seconds']}s in all, queue: {summary['queue']}",
         f"jobs: {summary['jobs_produced']} produced, {summary['jobs_completed']} completed, "
         f"{summary['jobs_lost']} lost, {summary['jobs_interrupted']} interrupted",
-        f"queue wait: p50 {summary['queue_wait_p50_seconds']}s, p95 {summary['queue_wait_p95_seconds']}s",
+        _queue_wait(summary),
         f"session-seconds {summary['session_seconds']}, "
         f"worker-seconds billed {summary['worker_seconds_billed']}",
         f"|sessions open - in flight|: max {summary['max_abs_sessions_minus_in_flight']}, "
@@ -317,6 +362,12 @@ def print_summary(summary: dict[str, Any], out: Path, stream: TextIO) -> None:
         f"wrote {out / 'summary.json'}, {out / 'timeline.png'}, {out / 'config.yaml'}",
     ]
     print("\n".join(lines), file=stream, flush=True)
+
+
+def _queue_wait(summary: dict[str, Any]) -> str:
+    if summary["queue_wait_p50_seconds"] is None:
+        return "queue wait: none measured (no job started)"
+    return f"queue wait: p50 {summary['queue_wait_p50_seconds']}s, p95 {summary['queue_wait_p95_seconds']}s"
 
 
 async def _until_stopped(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:

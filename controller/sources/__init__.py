@@ -19,13 +19,17 @@ class QueueDepth:
     in_flight: int
     #: Seconds the oldest waiting unit has waited, where the queue can tell (else None).
     oldest_age: float | None = None
+    #: The queue read as empty because what the URL names does not exist (yet), e.g. a stream's
+    #: consumer group: not an error (producers may create it later), but worth saying.
+    missing: str | None = None
 
     @property
     def total(self) -> int:
         return self.waiting + self.in_flight
 
-    def as_dict(self) -> dict[str, int]:
-        return {"waiting": self.waiting, "in_flight": self.in_flight, "total": self.total}
+    def as_dict(self) -> dict[str, int | str]:
+        counts: dict[str, int | str] = {"waiting": self.waiting, "in_flight": self.in_flight, "total": self.total}
+        return counts if self.missing is None else {**counts, "missing": self.missing}
 
 
 class SourceError(Exception):

@@ -223,18 +223,17 @@ class RedisStreamSource(_RedisSource):
         return await self._call(self._depth)
 
     async def _depth(self) -> QueueDepth:
+        # Nothing can be consumed through a group that does not exist yet: that reads as empty.
         try:
             groups = await self._client.xinfo_groups(self.stream)
         except ResponseError as exc:
             if "no such key" in str(exc).lower():
-                raise SourceError(f"{self.display_url}: stream {self.stream!r} does not exist") from None
+                return QueueDepth(0, 0, missing=f"stream {self.stream!r} does not exist")
             raise
         group = next((g for g in groups if g["name"] == self.group), None)
         if group is None:
             names = ", ".join(repr(g["name"]) for g in groups) or "none"
-            raise SourceError(
-                f"{self.display_url}: stream {self.stream!r} has no consumer group {self.group!r} (groups: {names})"
-            )
+            return QueueDepth(0, 0, missing=f"stream {self.stream!r} has no consumer group {self.group!r} (groups: {names})")
         # XINFO's `pending` is the size of the group's pending entries list, as XPENDING's summary count.
         in_flight = int(group["pending"])
         last = group["last-delivered-id"]
