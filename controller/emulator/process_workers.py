@@ -123,10 +123,11 @@ class NullWorkerProcess:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"vqs-worker-{self.worker_id}-"))
         env = self.environment()
         command = [sys.executable, "-m", "controller.emulator.null_worker", "--flavor", self.flavor]
-        self._worker = await spawn(command, self.workdir, env, "worker.log")
+        self._worker = await spawn(command, self.workdir / "worker.log", env, cwd=self.workdir)
         if self.consumer_command:
             self._consumer = await spawn(
-                self.consumer_command, self.workdir, {**env, **self.consumer_env}, "consumer.log", self._worker.pid
+                self.consumer_command, self.workdir / "consumer.log", {**env, **self.consumer_env},
+                process_group=self._worker.pid,
             )
 
     async def stop(self) -> None:
@@ -153,10 +154,14 @@ class NullWorkerProcess:
 
 
 async def spawn(
-    command: list[str], cwd: Path, env: dict[str, str], log_name: str, process_group: int = 0
+    command: list[str], log_path: Path, env: dict[str, str], *, cwd: Path | None = None, process_group: int = 0
 ) -> asyncio.subprocess.Process:
-    """Start `command` in `cwd` with output to `cwd/log_name`, in a new (or the given) process group."""
-    with open(cwd / log_name, "wb") as log:
+    """Start `command` with output to `log_path`, in a new (or the given) process group.
+
+    Without `cwd` it runs where the emulator was started: a consumer given as a relative path
+    (a script beside the emulator's config) is found where the user sees it.
+    """
+    with open(log_path, "wb") as log:
         return await asyncio.create_subprocess_exec(
             *command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
             stderr=asyncio.subprocess.STDOUT, process_group=process_group, preexec_fn=_die_with_parent,

@@ -125,7 +125,7 @@ class InprocessKind:
     async def _start_consumer(self, worker_id: int, command: tuple[list[str], dict[str, str]] | None) -> None:
         if command is not None:
             workdir = Path(tempfile.mkdtemp(prefix=f"vqs-consumer-{worker_id}-"))
-            process = await spawn(command[0], workdir, {**os.environ, **command[1]}, "consumer.log")
+            process = await spawn(command[0], workdir / "consumer.log", {**os.environ, **command[1]})
             self.consumers[worker_id] = (process, workdir)
 
     def stop(self, worker_id: int) -> Awaitable[None]:
