@@ -12,10 +12,12 @@ PIP_TOOLS := pip-tools==7.6.2
 
 # One stamp per extra: the demo does not wait for the test tools (Helm, schemas) to install.
 # setuptools comes from the lock too (no build isolation), so the build is as pinned as the rest.
+EXTRAS_demo := demo
+EXTRAS_test := demo,k8s,test
 $(VENV)/.installed-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) setuptools
-	$(PIP_INSTALL) --no-build-isolation -e '.[$*]'
+	$(PIP_INSTALL) --no-build-isolation -e '.[$(EXTRAS_$*)]'
 	touch $@
 
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.

@@ -6,11 +6,9 @@ when no token is configured. Every answer, errors included, is JSON. Described i
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import hmac
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,15 +18,12 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from controller.policy import Decision
+from controller.server import BadRequest, json_object, read_body
 
 log = logging.getLogger(__name__)
 
 _Method = Callable[["_AdminAPI", web.Request], Awaitable[web.Response]]
 
-#: Largest request body accepted; the biggest real one ({"mode": "advise"}) is ~20 bytes.
-MAX_BODY = 4096
-#: A client that sends its small body slower than this is cut off (408).
-BODY_TIMEOUT = 5.0
 DECISIONS_KEPT = 200
 MODES = ("act", "advise")
 
@@ -91,21 +86,12 @@ def admin_routes(control: ScalerControl, token: SecretStr | None) -> list[web.Ro
     ]
 
 
-class _Reject(Exception):
-    """Ends a request with a JSON error."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def _only(*methods: str) -> Callable[[_Method], _Method]:
-    """Allow `methods` only, and turn _Reject and any bug into a JSON error."""
+    """Allow `methods` only, and turn BadRequest and any bug into a JSON error."""
 
     def wrap(handler: _Method) -> _Method:
         @functools.wraps(handler)
@@ -115,7 +101,7 @@ def _only(*methods: str) -> Callable[[_Method], _Method]:
                 return _error(405, f"method {request.method} not allowed; use {allowed}", {"Allow": allowed})
             try:
                 return await handler(self, request)
-            except _Reject as exc:
+            except BadRequest as exc:
                 return _error(exc.status, str(exc), exc.headers)
             except Exception:
                 log.exception("admin request failed", extra={"method": request.method, "path": request.path})
@@ -161,20 +147,14 @@ class _AdminAPI:
 
     @_only("POST")
     async def mode(self, request: web.Request) -> web.Response:
-        example = 'such as {"mode": "advise"}'
         name, raw = await self._mutation(request)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise _Reject(400, f"body: expected a JSON object {example}") from None
-        if not isinstance(body, dict):
-            raise _Reject(400, f"body: expected a JSON object {example}")
+        body = json_object(raw, 'such as {"mode": "advise"}')
         unknown = sorted(set(body) - {"mode"})
         if unknown:
-            raise _Reject(400, f"body: unknown key {unknown[0]!r}; expected only 'mode'")
+            raise BadRequest(400, f"body: unknown key {unknown[0]!r}; expected only 'mode'")
         mode = body.get("mode")
         if mode not in MODES:
-            raise _Reject(400, f"mode: expected one of {', '.join(map(repr, MODES))}, got {mode!r}")
+            raise BadRequest(400, f"mode: expected one of {', '.join(map(repr, MODES))}, got {mode!r}")
         self._control.set_mode(name, mode)
         log.info("admin: scaler mode set", extra={"scaler": name, "mode": mode, "remote": request.remote})
         return self._entry(name)
@@ -182,14 +162,14 @@ class _AdminAPI:
     async def _mutation(self, request: web.Request) -> tuple[str, bytes]:
         """Authorize a change; return the scaler it names and the body (capped even if unused)."""
         self._authorize(request)
-        body = await _read_body(request)
+        body = await read_body(request)
         name = request.match_info["name"]
         self._known(name)
         return name, body
 
     def _authorize(self, request: web.Request) -> None:
         if self._token is None:
-            raise _Reject(
+            raise BadRequest(
                 403,
                 "admin changes are off: set admin_token or admin_token_file in the config "
                 "(or VQS_ADMIN_TOKEN), then send Authorization: Bearer <token>",
@@ -200,7 +180,7 @@ class _AdminAPI:
         if scheme.lower() != "bearer" or not ok:
             log.warning("admin: rejected request without a valid token",
                         extra={"path": request.path, "remote": request.remote})
-            raise _Reject(
+            raise BadRequest(
                 401,
                 "missing or wrong token: send Authorization: Bearer <admin_token>",
                 {"WWW-Authenticate": 'Bearer realm="vast-queue-scaler"'},
@@ -209,7 +189,7 @@ class _AdminAPI:
     def _known(self, name: str) -> None:
         names = self._control.names()
         if name not in names:
-            raise _Reject(404, f"unknown scaler {name!r}; known: {', '.join(names) or 'none'}")
+            raise BadRequest(404, f"unknown scaler {name!r}; known: {', '.join(names) or 'none'}")
 
     def _entry(self, name: str) -> web.Response:
         entry = next((s for s in self._control.status() if s.get("name") == name), None)
@@ -220,25 +200,4 @@ def _check_query(request: web.Request, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(request.query) - set(allowed))
     if unknown:
         expected = ", ".join(allowed) or "none"
-        raise _Reject(400, f"unknown query parameter {unknown[0]!r}; expected: {expected}")
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The body, at most MAX_BODY bytes (413 beyond), read within BODY_TIMEOUT (408 beyond)."""
-    too_large = _Reject(413, f"body: larger than {MAX_BODY} bytes")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise too_large
-    # Read from the stream, not request.read(): that would accept up to the app's 1 MiB.
-    chunks = bytearray()
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT):
-            while len(chunks) <= MAX_BODY:
-                chunk = await request.content.read(MAX_BODY + 1 - len(chunks))
-                if not chunk:
-                    break
-                chunks += chunk
-    except TimeoutError:
-        raise _Reject(408, f"body: not received within {BODY_TIMEOUT:g} s") from None
-    if len(chunks) > MAX_BODY:
-        raise too_large
-    return bytes(chunks)
+        raise BadRequest(400, f"unknown query parameter {unknown[0]!r}; expected: {expected}")

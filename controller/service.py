@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
-import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from controller.admin import DecisionLog, admin_routes
+from controller.callbacks import CloseCallbacks
 from controller.config import Config, ConfigError, ScalerConfig
 from controller.leader import LeaderElector, LeaderError, make_elector
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
@@ -32,7 +29,6 @@ log = logging.getLogger(__name__)
 
 #: SIGTERM to exit: Kubernetes waits 30 s by default; we promise 15.
 SHUTDOWN_BUDGET = 12.0
-CALLBACK_PATH = "/callbacks/session-closed"
 
 
 Pool = SessionPool | ReservationPool
@@ -56,7 +52,7 @@ class Controller:
         self.config = config
         self.metrics = Metrics()
         self.elector = elector or make_elector(config.leader)
-        self._callback_token = secrets.token_urlsafe(24)
+        self.callbacks = CloseCallbacks(self._released)
         self.vast = VastClient(
             config.vast.api_key.get_secret_value(),
             webserver_url=config.vast.webserver_url,
@@ -72,7 +68,7 @@ class Controller:
             config.metrics_host,
             config.metrics_port,
             readiness=self.readiness,
-            routes=[web.post(CALLBACK_PATH, self._session_closed), *admin_routes(self, config.admin_token)],
+            routes=[*self.callbacks.routes(), *admin_routes(self, config.admin_token)],
         )
 
     def _make_scaler(self, sc: ScalerConfig) -> Scaler:
@@ -195,8 +191,8 @@ class Controller:
             )
         on_close_route = on_close_payload = None
         if session.callback_url:
-            on_close_route = str(session.callback_url).rstrip("/") + CALLBACK_PATH
-            on_close_payload = {"scaler": sc.name, "token": self._callback_token}
+            on_close_route = self.callbacks.route(str(session.callback_url))
+            on_close_payload = self.callbacks.payload(sc.name)
         return SessionPool(
             sc.name,
             endpoint,
@@ -223,18 +219,11 @@ class Controller:
         }
         return (bool(self.scalers) and not stale, {"role": "leader", "not_ready": sorted(stale)})
 
-    async def _session_closed(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            name, token, session_id = str(body["scaler"]), str(body["token"]), str(body["session_id"])
-        except (ValueError, KeyError, TypeError):
-            return web.json_response({"error": "expected JSON with scaler, token, session_id"}, status=400)
-        if not hmac.compare_digest(token, self._callback_token):
-            return web.json_response({"error": "bad token"}, status=401)
+    def _released(self, name: str, session_id: str) -> None:
+        """A worker reported a closed session: forget it and let its scaler decide at once."""
         scaler = self.scalers.get(name)
         if scaler is not None and scaler.pool.released(session_id):
             scaler.loop.wake()
-        return web.json_response({"ok": True})
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.server.start()

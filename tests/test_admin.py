@@ -1,4 +1,4 @@
-"""The admin API on a real MetricsServer on a free port, checked against docs/openapi.yaml."""
+"""The HTTP API (admin, close callback, health) on a real MetricsServer, checked against docs/openapi.yaml."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import copy
 import logging
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,17 @@ import aiohttp
 import pytest
 import schemathesis
 import yaml
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from pydantic import SecretStr
 
-from controller.admin import DECISIONS_KEPT, MAX_BODY, DecisionLog, admin_routes, decision_record
+from controller.admin import DECISIONS_KEPT, DecisionLog, admin_routes, decision_record
+from controller.callbacks import CALLBACK_PATH, CloseCallbacks
 from controller.config import ConfigError, PolicyConfig, load_config
 from controller.metrics import Metrics
 from controller.policy import PolicyState, Supply, decide
-from controller.server import MetricsServer
+from controller.server import MAX_BODY, MetricsServer
 from controller.sources import QueueDepth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +65,8 @@ class FakeControl:
             },
         }
         self.log = DecisionLog()
+        self.released: list[tuple[str, str]] = []
+        self.callback_payload: dict[str, Any] = {}
 
     def names(self) -> list[str]:
         return list(self.scalers)
@@ -121,9 +127,13 @@ class Client:
 
 
 async def serve(control: FakeControl, token: SecretStr | None) -> MetricsServer:
+    """Every route the controller serves: health, metrics, admin and the close callback."""
+    callbacks = CloseCallbacks(lambda scaler, session_id: control.released.append((scaler, session_id)))
+    control.callback_payload = callbacks.payload("alpha")
     server = MetricsServer(
-        Metrics(), "127.0.0.1", 0, readiness=lambda: (True, {}), routes=admin_routes(control, token)
-    )
+        Metrics(), "127.0.0.1", 0, readiness=lambda: (True, {}),
+        routes=[*callbacks.routes(), *admin_routes(control, token)],
+    )  # fmt: skip
     await server.start()
     return server
 
@@ -361,6 +371,71 @@ async def test_head_answers_like_get_without_a_body(client: Client) -> None:
     async with client.http.head(client.base + "/status") as response:
         assert (response.status, response.content_type) == (200, "application/json")
         assert await response.read() == b""
+
+
+# --- the close callback -----------------------------------------------------------------------
+
+
+async def test_a_close_callback_with_the_token_reports_the_session(client: Client, control: FakeControl) -> None:
+    body = {**control.callback_payload, "session_id": "abc123"}
+    assert (await client.call("POST", CALLBACK_PATH, json=body))[:2] == (200, {"ok": True})
+    assert control.released == [("alpha", "abc123")]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"scaler": "alpha", "token": "wrong", "session_id": "x"}, 401),
+        ({"scaler": "alpha", "token": "tök€n", "session_id": "x"}, 401),
+        ({"scaler": "alpha", "session_id": "x"}, 400),
+        ({"scaler": ["alpha"], "token": "t", "session_id": "x"}, 400),
+        ([1, 2], 400),
+    ],
+)
+async def test_a_bad_close_callback_is_rejected_and_reports_nothing(
+    client: Client, control: FakeControl, body: Any, status: int
+) -> None:
+    assert (await client.call("POST", CALLBACK_PATH, json=body))[0] == status
+    assert control.released == []
+
+
+# Every route of the spec with the methods it takes; bodies go to all, to hit whichever parses one.
+ROUTES = [
+    (method.upper(), re.sub(r"\{\w+\}", "alpha", path))
+    for path, operations in SPEC["paths"].items()
+    for method in operations
+    if method in ("get", "post")
+]
+
+
+def hostile_bodies() -> st.SearchStrategy[bytes]:
+    """Deep nesting, huge sizes, broken UTF-8, and plain noise."""
+    # Within the size cap, so that the route really parses it.
+    deep = st.tuples(st.sampled_from([b"[", b'{"a":', b'{"mode":[']), st.integers(1, MAX_BODY)).map(
+        lambda pair: (pair[0] * pair[1])[:MAX_BODY]
+    )
+    closed_deep = st.integers(1, 2_000).map(lambda n: b"[" * n + b"]" * n)
+    huge = st.integers(MAX_BODY - 10, 200_000).map(lambda n: b'{"mode": "' + b"x" * n + b'"}')
+    return st.one_of(deep, closed_deep, huge, st.binary(max_size=512), st.just(b"\xff\xfe{"), st.just(b""))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@example(body=b"[" * 4000, route=("POST", "/scalers/alpha/mode"), content_type="application/json")
+@example(body=b"[" * 4000, route=("POST", CALLBACK_PATH), content_type="application/json")
+@given(body=hostile_bodies(), route=st.sampled_from(ROUTES), content_type=st.sampled_from(
+    ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+))
+def test_no_body_gets_a_5xx_on_any_route(live_url: str, body: bytes, route: tuple[str, str], content_type: str) -> None:
+    method, path = route
+    request = urllib.request.Request(
+        live_url + path, data=body, method=method, headers={**AUTH, "Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    assert status < 500, (method, path, body[:80])
 
 
 # --- the config fields ------------------------------------------------------------------------

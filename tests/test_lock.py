@@ -33,6 +33,12 @@ def declared() -> list[Requirement]:
     return [r for r in map(Requirement, lines) if canonicalize_name(r.name) != name]
 
 
+def test_the_lock_names_no_local_path():
+    """A `name @ file:///...` line would tie every install to the machine that made the lock."""
+    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if " @ " in line]
+    assert not lines, lines
+
+
 def test_every_declared_requirement_is_locked_at_a_version_it_allows():
     pins = locked()
     problems = []
