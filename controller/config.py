@@ -25,33 +25,42 @@ from controller.config_types import (
     split_ledger_prefix,
 )
 
+#: Upper bounds of every value that spends money or time: a typo (or an infinity) must not
+#: hold sessions for ever, poll once a week, or let a crash leave GPUs reserved for days.
+HOUR, DAY = 3600.0, 86400.0
+MAX_COUNT = 10_000  # sessions, units, reserves
+MAX_CONCURRENT = 1_000
+MAX_POLL_INTERVAL = 300.0
+MAX_DOLLARS_PER_HOUR = 1_000_000.0
+MAX_COST_UNITS = 1_000_000
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PolicyConfig(_Strict):
     """How many sessions a scaler wants for a queue depth (see controller/policy.py)."""
 
-    work_per_session: int = Field(1, ge=1, description="units of work one session serves")
-    min_sessions: int = Field(0, ge=0, description="floor while the source reads fine")
-    max_sessions: int = Field(20, ge=1, description="hard cap on open + opening sessions")
+    work_per_session: int = Field(1, ge=1, le=MAX_COUNT, description="units of work one session serves")
+    min_sessions: int = Field(0, ge=0, le=MAX_COUNT, description="floor while the source reads fine")
+    max_sessions: int = Field(20, ge=1, le=MAX_COUNT, description="hard cap on open + opening sessions")
     activation: int = Field(
-        1, ge=1, description="units of work (waiting + in flight) that wake a scaler at zero"
+        1, ge=1, le=MAX_COUNT, description="units of work (waiting + in flight) that wake a scaler at zero"
     )
-    max_opens_per_tick: int = Field(20, ge=1, description="scale-up step per tick")
+    max_opens_per_tick: int = Field(20, ge=1, le=MAX_COUNT, description="scale-up step per tick")
     scale_down_delay: Duration = Field(
-        10.0, description="target is the max over this window before sessions are closed"
+        10.0, le=HOUR, description="target is the max over this window before sessions are closed"
     )
     error_hold: Duration = Field(
-        60.0, description="after a failed read, hold the current count this long"
+        60.0, le=DAY, description="after a failed read, hold the current count this long"
     )
     fallback_sessions: int | None = Field(
-        None, ge=0, description="sessions to keep once error_hold has passed (unset: keep holding)"
+        None, ge=0, le=MAX_COUNT, description="sessions to keep once error_hold has passed (unset: keep holding)"
     )
-    max_cost_per_hour: float | None = Field(None, gt=0, description="budget cap, $/hour")
+    max_cost_per_hour: float | None = Field(None, gt=0, le=MAX_DOLLARS_PER_HOUR, description="budget cap, $/hour")
     price_per_session_hour: float | None = Field(
-        None, gt=0, description="$/hour one session costs; needed with max_cost_per_hour"
+        None, gt=0, le=MAX_DOLLARS_PER_HOUR, description="$/hour one session costs; needed with max_cost_per_hour"
     )
     paused: bool = Field(False, description="freeze the session count")
     mode: Literal["act", "advise"] = Field(
@@ -60,46 +69,46 @@ class PolicyConfig(_Strict):
     buffer_sessions: int = Field(
         0,
         ge=0,
-        description="extra sessions while there is work, kept for scale_down_delay after it (none at idle)",
+        le=MAX_COUNT, description="extra sessions while there is work, kept for scale_down_delay after it (none at idle)",
     )
     seconds_per_unit: Duration | None = Field(
         None,
         gt=0,
-        description="mean seconds one session spends on one unit; pre-warms for the arrival rate: "
+        le=DAY, description="mean seconds one session spends on one unit; pre-warms for the arrival rate: "
         "target >= ceil(rate x seconds_per_unit / work_per_session)",
     )
     prewarm_safety: float = Field(
         0.0,
         ge=0,
-        description="with seconds_per_unit: square-root staffing, pre-warming asks for load + "
+        le=10, description="with seconds_per_unit: square-root staffing, pre-warming asks for load + "
         "prewarm_safety x sqrt(load) units' sessions, load = rate x seconds_per_unit (0.5 to 1 is usual)",
     )
     lead_time: Duration = Field(
         0.0,
-        description="expected session start-up; target also covers the work expected to arrive "
+        le=HOUR, description="expected session start-up; target also covers the work expected to arrive "
         "within it: ceil((total + rate x lead_time) / work_per_session)",
     )
     rate_window: Duration = Field(
         60.0,
         gt=0,
-        description="time constant of the arrival-rate average (with seconds_per_unit or lead_time); "
+        le=DAY, description="time constant of the arrival-rate average (with seconds_per_unit or lead_time); "
         "never shorter than seconds_per_unit",
     )
     drain_time: Duration | None = Field(
         None,
         gt=0,
-        description="with seconds_per_unit: a backlog shares sessions, at most ceil(total x "
+        le=DAY, description="with seconds_per_unit: a backlog shares sessions, at most ceil(total x "
         "seconds_per_unit / (seconds_per_unit + drain_time) / work_per_session) for the work, so it "
         "clears about drain_time later with fewer session starts",
     )
     max_wait: Duration | None = Field(
         None,
         gt=0,
-        description="when the oldest waiting unit has waited longer (sources that report ages): a "
+        le=DAY, description="when the oldest waiting unit has waited longer (sources that report ages): a "
         "session per waiting unit on top of the open ones, and no scaling down",
     )
     boot_grace: Duration = Field(
-        0.0, description="a session granted less than this long ago is never closed"
+        0.0, le=HOUR, description="a session granted less than this long ago is never closed"
     )
 
     @model_validator(mode="after")
@@ -126,13 +135,13 @@ class SessionConfig(_Strict):
     """How the scaler opens, keeps and ends its Vast sessions (see controller/sessions.py)."""
 
     lease_seconds: Duration = Field(
-        60.0, ge=10, description="session lifetime, renewed while wanted; bounds leaked GPU time"
+        60.0, ge=10, le=HOUR, description="session lifetime, renewed while wanted; bounds leaked GPU time"
     )
-    session_cost: int = Field(100, gt=0, description="cost units each session asks the endpoint for")
+    session_cost: int = Field(100, gt=0, le=MAX_COST_UNITS, description="cost units each session asks the endpoint for")
     open_timeout: Duration = Field(
-        600.0, gt=0, description="how long one open waits for a worker before it fails"
+        600.0, gt=0, le=HOUR, description="how long one open waits for a worker before it fails"
     )
-    max_concurrent_opens: int = Field(16, ge=1, description="opens in progress at once, per endpoint")
+    max_concurrent_opens: int = Field(16, ge=1, le=MAX_CONCURRENT, description="opens in progress at once, per endpoint")
     callback_url: HttpURL | None = Field(
         None,
         description="http(s) URL of this controller's HTTP server for on_close_route callbacks "
@@ -145,7 +154,7 @@ class SessionConfig(_Strict):
         "session", description="session: Vast sessions; reserve: the legacy held POST /reserve"
     )
     reserve_duration: Duration = Field(
-        3600.0, gt=0, description="longest one reservation is held (reservation: reserve)"
+        3600.0, gt=0, le=DAY, description="longest one reservation is held (reservation: reserve)"
     )
 
 
@@ -154,9 +163,9 @@ class SourceSpec(_Strict):
 
     url: SourceURL = Field(description="queue source URL, as for `source`")
     name: str | None = Field(None, min_length=1, description="label in logs and /decisions (unset: the URL)")
-    weight: float = Field(1.0, gt=0, description="each unit of this queue counts this many times")
+    weight: float = Field(1.0, gt=0, le=1000, description="each unit of this queue counts this many times")
     reserve: int = Field(
-        0, ge=0, description="sessions held for this queue's work when max_sessions or the budget caps the total"
+        0, ge=0, le=MAX_COUNT, description="sessions held for this queue's work when max_sessions or the budget caps the total"
     )
 
     @property
@@ -175,7 +184,7 @@ class ScalerConfig(_Strict):
         None, min_length=1, description="several queues instead of `source`, each with a weight and a reserve"
     )
     endpoint: str = Field(min_length=1, description="name of the Vast Serverless endpoint")
-    poll_interval: Duration = Field(1.0, gt=0, description="time between depth reads")
+    poll_interval: Duration = Field(1.0, gt=0, le=MAX_POLL_INTERVAL, description="time between depth reads")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scaling rules")
     session: SessionConfig = Field(default_factory=SessionConfig, description="session handling")
 
@@ -288,10 +297,10 @@ class LeaderConfig(_Strict):
         None, description="namespace of the Lease (kind: kubernetes; unset: the pod's own namespace)"
     )
     lease_seconds: Duration = Field(
-        15.0, ge=1, description="a leader that stops renewing is replaced within this"
+        15.0, ge=1, le=HOUR, description="a leader that stops renewing is replaced within this"
     )
     renew_every: Duration | None = Field(
-        None, gt=0, description="time between renewals, at most lease_seconds / 2 (unset: lease_seconds / 3)"
+        None, gt=0, le=HOUR, description="time between renewals, at most lease_seconds / 2 (unset: lease_seconds / 3)"
     )
     identity: str | None = Field(
         None, min_length=1, description="this replica's name in the lease (unset: HOSTNAME-PID)"
@@ -434,9 +443,33 @@ class Config(BaseSettings):
         return self
 
 
+_BOUND_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the config file."""
-    return Config.model_json_schema()
+    """The JSON Schema of the config file, every field's bounds included."""
+    return _standard_bounds(Config.model_json_schema())
+
+
+def _standard_bounds(node: Any) -> Any:
+    """pydantic writes an optional field's bounds as `ge`/`le`... beside its anyOf: move them
+    into the numeric branches as JSON Schema's own keywords."""
+    if isinstance(node, list):
+        return [_standard_bounds(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    bounds = {_BOUND_KEYWORDS[key]: node[key] for key in _BOUND_KEYWORDS if key in node}
+    node = {key: _standard_bounds(value) for key, value in node.items() if key not in _BOUND_KEYWORDS}
+    if bounds:
+        for branch in _numeric_branches(node):
+            branch.update(bounds)
+    return node
+
+
+def _numeric_branches(node: dict[str, Any]) -> list[dict[str, Any]]:
+    if node.get("type") in ("number", "integer"):
+        return [node]
+    return [found for branch in node.get("anyOf", []) for found in _numeric_branches(branch)]
 
 
 class ConfigError(Exception):

@@ -63,8 +63,8 @@ def load(path: str | Path | None, metrics_port: int | None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        # No input values: they may be secrets. Context holds only the rule (e.g. the bound).
-        errors = exc.errors(include_url=False, include_input=False)
+        # Messages never show input values (they may be secrets), but for a number out of bounds.
+        errors = exc.errors(include_url=False)
         problems += [line for error in errors for line in describe(error, lines, origins)]
     if problems:
         raise ConfigError(origin, list(dict.fromkeys(problems)))
@@ -238,8 +238,10 @@ def describe(error: dict[str, Any], lines: dict[str, int], origins: dict[str, st
         message = _NO_SCALERS if loc == ("scalers",) else "required"
     elif error["type"] in _BOUNDS:
         bound = next(iter(error["ctx"].values()))
-        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        message = f"must be {_BOUNDS[error['type']]} {bound}"
+        message = f"must be {_BOUNDS[error['type']]} {_number(bound)}"
+        given = error.get("input")
+        if isinstance(given, (int, float)) and not isinstance(given, bool):
+            message += f", got {_number(given)}"
     if _model_at(loc) is None:
         return [_finish(path, message, lines, origins)]
     described = []
@@ -252,6 +254,10 @@ def describe(error: dict[str, Any], lines: dict[str, int], origins: dict[str, st
         else:
             described.append(_finish(path, line, lines, origins))
     return described
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
 
 
 def _unknown_key(key: str, allowed: list[str]) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator
 
 PRODUCTION_WEBSERVER_URL = "https://console.vast.ai"
 PRODUCTION_AUTOSCALER_URL = "https://run.vast.ai"
@@ -27,6 +28,8 @@ def parse_duration(value: object) -> float:
         if not match:
             raise ValueError(f"expected a duration such as 30s, 5m or plain seconds, got {value!r}")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration such as 30s, 5m or plain seconds, got {value!r}")
     if seconds < 0:
         raise ValueError("must be a duration >= 0")
     return seconds
@@ -37,19 +40,18 @@ def redact(text: str) -> str:
     return _PASSWORD_IN_URL.sub(r"\1***@", text)
 
 
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _DURATION.pattern},
-            ],
+class _DurationJsonSchema:
+    """A number of seconds (with the field's bounds) or a string with a unit."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        number = {"minimum": 0, **handler(core_schema)}
+        return {
+            "anyOf": [number, {"type": "string", "pattern": _DURATION.pattern}],
             "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h",
         }
-    ),
-]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), _DurationJsonSchema()]
 
 NAME_RULE = (
     "3-63 characters of lowercase letters, digits and hyphens, starting with a letter, "

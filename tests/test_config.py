@@ -405,6 +405,80 @@ def test_config_schema_prints_valid_json() -> None:
     assert set(defs["SourceSpec"]["properties"]) == {"url", "name", "weight", "reserve"}
 
 
+def numeric_fields() -> list[tuple[str, object]]:
+    """(YAML path under one scaler or the top level, FieldInfo) of every int, float or duration field."""
+    from pydantic import BaseModel
+
+    from controller.config import LeaderConfig, ScalerConfig, SourceSpec
+
+    found = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            inner = getattr(info.annotation, "model_fields", None)
+            if inner is not None:
+                walk(info.annotation, f"{prefix}{name}.")
+            elif {int, float} & {*getattr(info.annotation, "__args__", ()), info.annotation}:
+                found.append((prefix + name, info))
+
+    walk(ScalerConfig, "scalers[0].")
+    walk(SourceSpec, "scalers[0].sources[0].")
+    walk(LeaderConfig, "leader.")
+    walk(Config, "")
+    return [(path, info) for path, info in found if not path.startswith("leader.leader")]
+
+
+def upper_bound(info: object) -> float | None:
+    import annotated_types
+
+    return next((b.le for b in info.metadata if isinstance(b, annotated_types.Le)), None)  # type: ignore[attr-defined]
+
+
+def test_every_count_and_duration_has_an_upper_bound() -> None:
+    unbounded = [path for path, info in numeric_fields() if upper_bound(info) is None]
+    assert unbounded == []
+
+
+def _yaml_for(path: str, value: float) -> str:
+    """A config that sets the field at `path` to `value` (a leader field needs its kind)."""
+    base = {"vast": {"api_key": SECRET}, "leader": {"kind": "redis", "url": "redis://127.0.0.1:6379/0"},
+            "scalers": [{"name": "orders", "source": "redis://127.0.0.1:6379/0?list=orders", "endpoint": "ep"}]}  # fmt: skip
+    parts = re.split(r"\.|\[(\d+)\]\.?", path)
+    keys = [int(p) if p.isdigit() else p for p in parts if p]
+    if keys[:3] == ["scalers", 0, "sources"]:
+        scaler = base["scalers"][0]
+        scaler["sources"] = [{"url": scaler.pop("source")}]
+    node: object = base
+    for key in keys[:-1]:
+        node = node[key] if isinstance(key, int) else node.setdefault(key, {})  # type: ignore[index,union-attr]
+    node[keys[-1]] = value  # type: ignore[index]
+    return json.dumps(base)
+
+
+def whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
+
+
+@pytest.mark.parametrize(("path", "info"), numeric_fields(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_value_over_its_bound_is_refused_naming_field_value_and_limit(tmp_path: Path, path: str, info: object) -> None:
+    limit = upper_bound(info)
+    assert limit is not None
+    too_big = int(limit * 10 + 1) if isinstance(limit, int) else limit * 10 + 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, _yaml_for(path, too_big)))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}: must be <= {whole(limit)}, got {whole(too_big)} ["), problem
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_infinite_durations_and_numbers_are_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        policy = f"{{max_cost_per_hour: {value}, price_per_session_hour: 1}}"
+        load_config(minimal(tmp_path, f"    poll_interval: {value}\n    policy: {policy}\n"))
+    problems = "\n".join(caught.value.problems)
+    assert "scalers[0].poll_interval: " in problems and "scalers[0].policy.max_cost_per_hour: " in problems
+
+
 DOC = ROOT / "docs/configuration.md"
 
 
@@ -447,11 +521,39 @@ def _default_of(info, kind: str) -> str:
     return f"`{str(value).lower()}`" if isinstance(value, bool) else f"`{value}`"
 
 
+def _range_of(info, kind: str) -> str:
+    """`10s..1h`, `1..10000`, `> 0s, <= 5m`: the field's bounds as the table shows them."""
+    import annotated_types
+
+    low, high, strict = None, None, False
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            low = bound.ge
+        elif isinstance(bound, annotated_types.Gt):
+            low, strict = bound.gt, True
+        elif isinstance(bound, annotated_types.Le):
+            high = bound.le
+    if high is None:
+        return "" if low is None else f"{'>' if strict else '>='} {_shown(low, kind)}"
+    if strict:
+        return f"> {_shown(low, kind)}, <= {_shown(high, kind)}"
+    return f"{_shown(low or 0, kind)}..{_shown(high, kind)}"
+
+
+def _shown(value: float, kind: str) -> str:
+    if kind != "duration":
+        return f"{value:g}"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= seconds and value % seconds == 0:
+            return f"{value / seconds:g}{unit}"
+    return f"{value:g}s"
+
+
 def field_table() -> str:
     """The reference table in docs/configuration.md, generated from the models."""
     from pydantic import BaseModel
 
-    rows = ["| field | type | default | environment | description |", "|---|---|---|---|---|"]
+    rows = ["| field | type | range | default | environment | description |", "|---|---|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         props = model.model_json_schema()["properties"]
@@ -466,7 +568,7 @@ def field_table() -> str:
                 walk(info.annotation, path + ".")
             else:
                 kind = _type_of(props[name])
-                rows.append(f"| `{path}` | {kind} | {_default_of(info, kind)} | "
+                rows.append(f"| `{path}` | {kind} | {_range_of(info, kind)} | {_default_of(info, kind)} | "
                             f"{_env_forms(path)} | {info.description} |")
 
     walk(Config, "")
