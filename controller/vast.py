@@ -234,18 +234,26 @@ class VastEndpoint:
         return error
 
 
+def sdk_client(api_key: str, *, webserver_url: str, autoscaler_url: str, **options: Any) -> Serverless:
+    """The SDK's client; for a plain-http (local) Vast, with a ready SSL context.
+
+    The SDK downloads Vast's root certificate before its first request, even for plain http,
+    and caches the context it builds in `_ssl_context`: the one private name this project
+    sets (tests/test_vast_client.py fails if the SDK stops reading it).
+    """
+    client = Serverless(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url, **options)
+    if webserver_url.startswith("http://") and autoscaler_url.startswith("http://"):
+        client._ssl_context = ssl.create_default_context()
+    return client
+
+
 class VastClient:
     """Owns the SDK client; hands out `VastEndpoint`s by name."""
 
     def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str):
         if not api_key:
             raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
-        self._client = Serverless(
-            api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url
-        )
-        if webserver_url.startswith("http://") and autoscaler_url.startswith("http://"):
-            # The SDK would download Vast's root certificate first, even for plain http.
-            self._client._ssl_context = ssl.create_default_context()
+        self._client = sdk_client(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url)
 
     def endpoint(self, name: str) -> VastEndpoint:
         return VastEndpoint(self._client, name)

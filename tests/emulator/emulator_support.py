@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ except ImportError:  # pragma: no cover - older wheels export it only here
     from vastai.serverless import Serverless
 
 from controller.emulator.testing import RunningEmulator
+from controller.vast import sdk_client
 
 HTTP = aiohttp.ClientTimeout(total=15)
 # The SDK logs every failed call at ERROR and whole route responses at DEBUG.
@@ -24,9 +24,7 @@ for _name in ("vastai", "Serverless", "CoroutineServerless"):
 
 def sdk(emu: RunningEmulator, **kwargs: Any) -> Serverless:
     """The unchanged SDK pointed at the emulator (a ready SSL context: no certificate download)."""
-    client = Serverless(emu.api_key, autoscaler_url=emu.url, webserver_url=emu.url, **kwargs)
-    client._ssl_context = ssl.create_default_context()
-    return client
+    return sdk_client(emu.api_key, autoscaler_url=emu.url, webserver_url=emu.url, **kwargs)
 
 
 
