@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from controller.config import Config, ScalerConfig, redact
+from controller.config import Config, ScalerConfig
+from controller.masking import redact
 from controller.sources import QueueDepth, from_url
 
 #: A read that takes longer than this counts as failed (sources have their own, shorter timeouts).

@@ -21,9 +21,9 @@ from controller.config_types import (
     SourceURL,
     StateURL,
     parse_duration,
-    redact,
     split_ledger_prefix,
 )
+from controller.masking import redact
 
 #: Upper bounds of every value that spends money or time: a typo (or an infinity) must not
 #: hold sessions for ever, poll once a week, or let a crash leave GPUs reserved for days.
@@ -507,6 +507,5 @@ __all__ = [
     "json_schema",
     "load_config",
     "parse_duration",
-    "redact",
     "split_ledger_prefix",
 ]

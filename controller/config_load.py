@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 
-from controller.config import Config, ConfigError, ScalerConfig, redact
+from controller.config import Config, ConfigError, ScalerConfig
+from controller.masking import redact
 
 PREFIX = "VQS_"
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}

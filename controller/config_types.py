@@ -9,12 +9,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
+from controller.masking import redact
+
 PRODUCTION_WEBSERVER_URL = "https://console.vast.ai"
 PRODUCTION_AUTOSCALER_URL = "https://run.vast.ai"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s/?#]*@", re.IGNORECASE)
 
 
 def parse_duration(value: object) -> float:
@@ -33,11 +34,6 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ValueError("must be a duration >= 0")
     return seconds
-
-
-def redact(text: str) -> str:
-    """Replace the password of every URL in `text` with `***`."""
-    return _PASSWORD_IN_URL.sub(r"\1***@", text)
 
 
 class _DurationJsonSchema:

@@ -18,7 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from controller.config import redact, split_ledger_prefix
+from controller.config import split_ledger_prefix
+from controller.masking import redact
 from controller.vast import GrantedSession
 
 _FORMAT_VERSION = 1

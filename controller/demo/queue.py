@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as redis
 
 from controller.demo.processes import DemoError, die_with_parent
-from controller.sources import mask_url
+from controller.masking import mask_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT = 1.0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
+from controller.masking import mask_url
+
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
@@ -88,27 +90,6 @@ async def read_once(url: str, timeout: float = 5.0) -> QueueDepth:
         return await source.depth()
     finally:
         await source.close()
-
-
-def mask_url(url: str, *, secret_user: bool = False) -> str:
-    """`url` with its password (or, with `secret_user`, a lone user part such as a token) as `***`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    # The authority ends at the first '/', '?' or '#'; its userinfo ends at the last '@' (RFC 3986).
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, host = authority.rpartition("@")
-    if not at:
-        # An unencoded '?' or '#' in a password cuts the authority short: hide all before the '@'.
-        hidden = rest.partition("/")[0].rpartition("@")[0]
-        return f"{scheme}://***@{rest[len(hidden) + 1:]}" if hidden else url
-    user, colon, _ = userinfo.partition(":")
-    if colon:
-        userinfo = f"{user}:***"
-    elif secret_user:
-        userinfo = "***"
-    return f"{scheme}://{userinfo}@{host}{tail}"
 
 
 def split_url(url: str, kind: str) -> tuple[SplitResult, str]:
