@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from controller.backoff import backoff
 from controller.config import LeaderConfig
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class LeaseElector:
                         "leader election store failed",
                         extra={"identity": self.identity, "failures": failures, "error": str(exc) or type(exc).__name__},
                     )
-                    await asyncio.sleep(random.uniform(0, min(self.renew_every, _BACKOFF_BASE * 2**failures)))
+                    await asyncio.sleep(backoff(failures, base=_BACKOFF_BASE, cap=self.renew_every))
                     continue
                 failures = 0
                 await asyncio.sleep(self._settle(outcome, started))

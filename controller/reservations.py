@@ -13,8 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from controller.backoff import backoff
 from controller.policy import Decision, Supply
-from controller.sessions import PoolMetrics, backoff
+from controller.sessions import PoolMetrics
 from controller.vast import ReservationTracker, VastEndpoint, VastError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller.admin import DecisionLog, admin_routes
+from controller.backoff import backoff
 from controller.callbacks import CloseCallbacks
 from controller.config import Config, ConfigError, ScalerConfig
 from controller.leader import LeaderElector, LeaderError, make_elector
@@ -21,7 +22,7 @@ from controller.loop import NamedSource, ScalerLoop
 from controller.metrics import Metrics
 from controller.reservations import ReservationPool
 from controller.server import MetricsServer
-from controller.sessions import SessionPool, backoff
+from controller.sessions import SessionPool
 from controller.sources import Source, from_url
 from controller.vast import VastClient
 

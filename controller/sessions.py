@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from controller.backoff import backoff
 from controller.ledger import Ledger, LedgerError, SessionRecord
 from controller.policy import Decision, Supply
 from controller.vast import GrantedSession, SessionGone, VastEndpoint, VastError
@@ -24,14 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Workers garbage-collect expired sessions every 5 s, so expiry lands up to that late.
 WORKER_GC_SLACK = 5.0
-_BACKOFF_BASE, _BACKOFF_CAP = 0.5, 15.0
 _CLOSE_ATTEMPTS = 3
 _CHECK_CONCURRENCY = 32
-
-
-def backoff(attempt: int) -> float:
-    """Capped exponential backoff with full jitter."""
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
 
 
 class PoolMetrics(Protocol):

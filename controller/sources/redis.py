@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -19,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from controller.backoff import backoff
 from controller.sources import QueueDepth, SourceError, SourceURLError, describe, query_params, split_url
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class _RedisSource:
                         yield None
             except (RedisError, OSError, TimeoutError) as exc:
                 failures += 1
-                delay = random.uniform(0, min(_WATCH_BACKOFF_CAP, 0.5 * 2**failures))
+                delay = backoff(failures, cap=_WATCH_BACKOFF_CAP)
                 log.warning(
                     "queue notifications interrupted; retrying",
                     extra={"source": self.display_url, "error": describe(exc), "retry_in": round(delay, 2)},
