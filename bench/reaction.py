@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.child import start_controller
 from controller.emulator.testing import running_emulator
 
 HERE = Path(__file__).resolve().parent
@@ -89,11 +88,7 @@ async def measure(push: bool, samples: int, poll_interval: float, workdir: Path)
             }  # fmt: skip
             path = workdir / f"config-{push}.yaml"
             path.write_text(yaml.safe_dump(config))
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("VQS_", "VAST_"))}
-            controller = subprocess.Popen(
-                [sys.executable, "-m", "controller", "run", "--config", str(path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            )  # fmt: skip
+            controller = await start_controller(path, asyncio.subprocess.DEVNULL)
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
                 await until(lambda: _answers(http, metrics_url))
@@ -101,7 +96,7 @@ async def measure(push: bool, samples: int, poll_interval: float, workdir: Path)
     finally:
         if controller is not None:
             controller.send_signal(signal.SIGTERM)
-            controller.wait(20)
+            await asyncio.wait_for(controller.wait(), 20)
         await client.aclose()
         server.terminate()
         server.wait(10)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
+
+from controller.child import start_controller
 
 CONTROLLER_START_TIMEOUT = 30.0
 CONTROLLER_STOP_TIMEOUT = 20.0
@@ -41,14 +41,10 @@ class ControllerProcess:
 
     async def start(self) -> None:
         # Its own process group: a Ctrl-C reaches the demo alone, which stops everything in order.
-        # The user's VQS_*/VAST_* variables would override the demo's file: leave them out.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VQS_", "VAST_"))}
         with self.log_path.open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "controller", "run", "--config", str(self.config_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
-                process_group=0, preexec_fn=die_with_parent,
-            )  # fmt: skip
+            self.process = await start_controller(
+                self.config_path, log, process_group=0, preexec_fn=die_with_parent
+            )
         deadline = time.monotonic() + CONTROLLER_START_TIMEOUT
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while time.monotonic() < deadline:

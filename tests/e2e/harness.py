@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, free_port
 
+from controller.child import start_controller
 from controller.emulator.testing import RunningEmulator
 
 #: Fast worker timings: the tests are about the controller, not about waiting for GPUs.
@@ -55,13 +54,8 @@ class ControllerProcess:
     async def start(self) -> ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VQS_", "VAST_"))}
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "controller", "run", "--config", str(self.config_path),
-            stdout=log, stderr=asyncio.subprocess.STDOUT, env={**env, **self.env},
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = await start_controller(self.config_path, log, env=self.env)
         await wait_for(self._healthy, 30, what="controller /healthz")
         return self
 
