@@ -6,25 +6,21 @@ when no token is configured. Every answer, errors included, is JSON. Described i
 
 from __future__ import annotations
 
-import builtins
 import functools
 import hmac
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import SecretStr
 
-from controller.policy import Decision
 from controller.server import BadRequest, json_object, read_body
 
 log = logging.getLogger(__name__)
 
 _Method = Callable[["_AdminAPI", web.Request], Awaitable[web.Response]]
 
-DECISIONS_KEPT = 200
 MODES = ("act", "advise")
 
 
@@ -48,29 +44,6 @@ class ScalerControl(Protocol):
 
     def decisions(self, scaler: str | None) -> list[dict[str, Any]]:
         """Recent decisions, oldest first, of one scaler or all."""
-
-
-class DecisionLog:
-    """The last `maxlen` decisions of every scaler, oldest first; the loops append, the API reads."""
-
-    def __init__(self, maxlen: int = DECISIONS_KEPT):
-        self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        """Add one decision; `entry["scaler"]` names its scaler (see decision_record)."""
-        # A copy: the caller may reuse its dict, and a reader must see what was decided then.
-        self._entries.append(dict(entry))
-
-    def list(self, scaler: str | None = None) -> builtins.list[dict[str, Any]]:
-        return [dict(e) for e in self._entries if scaler is None or e.get("scaler") == scaler]
-
-
-def decision_record(scaler: str, decision: Decision, *, acted: bool) -> dict[str, Any]:
-    """One tick as a DecisionLog entry, in the shape docs/openapi.yaml gives for GET /decisions."""
-    return {"scaler": scaler, **decision.as_log(), "acted": acted}
 
 
 def admin_routes(control: ScalerControl, token: SecretStr | None) -> list[web.RouteDef]:

@@ -44,7 +44,7 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from controller.config import ConfigError, load_config
+    from controller.config_load import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -56,7 +56,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from controller.config import Config, ConfigError, load_config
+    from controller.config import Config
+    from controller.config_load import ConfigError, load_config
     from controller.service import run
 
     def load() -> Config:

@@ -1,4 +1,4 @@
-"""Settings models, YAML + environment loading, and error messages that name the YAML path."""
+"""The settings models and their rules (bounds, relations); config_load.py fills them from YAML and the environment."""
 
 from __future__ import annotations
 
@@ -472,32 +472,8 @@ def _numeric_branches(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [found for branch in node.get("anyOf", []) for found in _numeric_branches(branch)]
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; str() is a header line plus one line per problem."""
-
-    def __init__(self, origin: str, problems: list[str]) -> None:
-        self.origin = origin
-        self.problems = problems
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        count = len(self.problems)
-        header = f"invalid configuration {self.origin} ({count} problem{'s' * (count != 1)}):"
-        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
-
-
-def load_config(path: str | Path | None = None, metrics_port: int | None = None) -> Config:
-    """Load the YAML file (or $VQS_CONFIG, or the env-only form) with environment overrides.
-
-    `metrics_port` (the --metrics-port flag) beats both. Raises ConfigError listing every problem.
-    """
-    from controller.config_load import load  # the loader imports these models
-
-    return load(path, metrics_port)
-
 __all__ = [
     "Config",
-    "ConfigError",
     "Duration",
     "LeaderConfig",
     "PolicyConfig",
@@ -505,7 +481,6 @@ __all__ = [
     "SessionConfig",
     "VastConfig",
     "json_schema",
-    "load_config",
     "parse_duration",
     "split_ledger_prefix",
 ]

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 
-from controller.config import Config, ConfigError, ScalerConfig
+from controller.config import Config, ScalerConfig
 from controller.masking import redact
 
 PREFIX = "VQS_"
@@ -30,7 +30,25 @@ _NO_SCALERS = (
 )
 
 
-def load(path: str | Path | None, metrics_port: int | None) -> Config:
+class ConfigError(Exception):
+    """The configuration is invalid; str() is a header line plus one line per problem."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"invalid configuration {self.origin} ({count} problem{'s' * (count != 1)}):"
+        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
+
+
+def load_config(path: str | Path | None = None, metrics_port: int | None = None) -> Config:
+    """Load the YAML file (or $VQS_CONFIG, or the env-only form) with environment overrides.
+
+    `metrics_port` (the --metrics-port flag) beats both. Raises ConfigError listing every problem.
+    """
     env = {name.upper(): value for name, value in os.environ.items()}
     path = path or env.get("VQS_CONFIG") or None
     problems: list[str] = []

@@ -28,7 +28,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from controller.backoff import backoff
-from controller.config import LeaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -299,19 +298,3 @@ class RedisElector(LeaseElector):
 
     async def _close(self) -> None:
         await self._client.aclose()
-
-
-def make_elector(config: LeaderConfig) -> LeaderElector:
-    """The elector `leader:` configures."""
-    identity = config.identity or default_identity()
-    if config.kind == "none":
-        return NoElection(identity)
-    lease, renew = config.lease_seconds, config.renew_interval
-    if config.kind == "redis":
-        assert config.url is not None  # the config requires it
-        return RedisElector(config.url, config.key, identity=identity, lease_seconds=lease, renew_every=renew)
-    from controller.leader_k8s import KubernetesElector, KubernetesLeaseAPI
-
-    # One attempt is a read and a write, and must fit in one call timeout.
-    api = KubernetesLeaseAPI(config.name, config.namespace, timeout=min(renew, MAX_CALL_SECONDS) / 2)
-    return KubernetesElector(api, identity=identity, lease_seconds=lease, renew_every=renew)

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.admin import DecisionLog, decision_record
 from controller.config import PolicyConfig
+from controller.decisions import DecisionLog, decision_record
 from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
 from controller.sources import QueueDepth, Source, SourceError, WatchableSource
 

@@ -11,11 +11,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from controller.admin import DecisionLog, admin_routes
+from controller.admin import admin_routes
 from controller.backoff import backoff
 from controller.callbacks import CloseCallbacks
-from controller.config import Config, ConfigError, ScalerConfig
-from controller.leader import LeaderElector, LeaderError, make_elector
+from controller.config import Config, ScalerConfig
+from controller.config_load import ConfigError
+from controller.decisions import DecisionLog
+from controller.elector import make_elector
+from controller.leader import LeaderElector, LeaderError
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
 from controller.loop import NamedSource, ScalerLoop

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import Config, load_config
+from controller.config import Config
+from controller.config_load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -22,9 +22,11 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from pydantic import SecretStr
 
-from controller.admin import DECISIONS_KEPT, DecisionLog, admin_routes, decision_record
+from controller.admin import admin_routes
 from controller.callbacks import CALLBACK_PATH, CloseCallbacks
-from controller.config import ConfigError, PolicyConfig, load_config
+from controller.config import PolicyConfig
+from controller.config_load import ConfigError, load_config
+from controller.decisions import DECISIONS_KEPT, DecisionLog, decision_record
 from controller.metrics import Metrics
 from controller.policy import PolicyState, Supply, decide
 from controller.server import MAX_BODY, MetricsServer

@@ -13,14 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.config import (
-    PRODUCTION_AUTOSCALER_URL,
-    PRODUCTION_WEBSERVER_URL,
-    Config,
-    ConfigError,
-    load_config,
-    parse_duration,
-)
+from controller.config import PRODUCTION_AUTOSCALER_URL, PRODUCTION_WEBSERVER_URL, Config, parse_duration
+from controller.config_load import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "controller"]

@@ -21,8 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from controller.config import ConfigError, LeaderConfig, load_config, split_ledger_prefix
-from controller.leader import NoElection, RedisElector, make_elector
+from controller.config import LeaderConfig, split_ledger_prefix
+from controller.config_load import ConfigError, load_config
+from controller.elector import make_elector
+from controller.leader import NoElection, RedisElector
 from controller.leader_k8s import (
     KubernetesElector,
     LeaseConflict,
