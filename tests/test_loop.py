@@ -7,19 +7,22 @@ import logging
 import pytest
 
 from controller.config import PolicyConfig
+from controller.decisions import DecisionLog
 from controller.loop import MISSING_REPEAT_SECONDS, ScalerLoop
 from controller.metrics import Metrics
 from controller.policy import Decision, Supply
-from controller.sources import QueueDepth
+from controller.sources import QueueDepth, SourceError
 
 
 class ScriptedSource:
     display_url = "redis://127.0.0.1:6379/0?stream=jobs&group=workers"
 
-    def __init__(self, depth: QueueDepth):
-        self.next = depth
+    def __init__(self, depth: QueueDepth | None):
+        self.next = depth  # None: the read fails
 
     async def depth(self) -> QueueDepth:
+        if self.next is None:
+            raise SourceError(f"{self.display_url}: no answer within 5s")
         return self.next
 
     async def close(self) -> None:
@@ -27,12 +30,13 @@ class ScriptedSource:
 
 
 class RecordingPool:
-    def __init__(self) -> None:
+    def __init__(self, open_: int = 0) -> None:
         self.applied: list[Decision] = []
+        self.open = open_
 
     @property
     def supply(self) -> Supply:
-        return Supply(open=0, opening=0)
+        return Supply(open=self.open, opening=0, ages=(1000.0,) * self.open)
 
     def apply(self, decision: Decision) -> None:
         self.applied.append(decision)
@@ -84,3 +88,45 @@ async def test_a_missing_stream_reads_as_zero_and_is_said_once_per_change_or_rep
         assert missing_gauge(metrics) == 0
         assert "queue found; reading it again" in [r.getMessage() for r in caplog.records]
         assert len(warnings()) == 3
+
+
+async def test_advise_mode_decides_and_records_but_never_acts() -> None:
+    pool, clock, log = RecordingPool(), Clock(), DecisionLog()
+    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(mode="advise"), 1.0, Metrics(),
+                      decisions=log, clock=clock)  # fmt: skip
+    for _ in range(30):
+        decision = await loop.tick()
+        clock.now += 1
+    assert (decision.target, decision.open, decision.act) == (3, 3, False)
+    assert pool.applied == []
+    # Recorded once, not every tick: the same advice repeated is not news.
+    assert [(d["to_open"], d["acted"], d["mode"]) for d in log.list()] == [(3, False, "advise")]
+
+
+async def test_a_replica_that_fails_its_fencing_check_does_not_act() -> None:
+    pool = RecordingPool()
+
+    async def deposed() -> bool:
+        return False
+
+    loop = ScalerLoop("s", ScriptedSource(QueueDepth(2, 0)), pool, PolicyConfig(), 1.0, Metrics(), acting=deposed)
+    decision = await loop.tick()
+    assert decision.open == 2 and pool.applied == []
+
+
+async def test_a_failed_read_holds_the_sessions_then_falls_back_after_error_hold() -> None:
+    pool, clock = RecordingPool(open_=3), Clock()
+    source = ScriptedSource(QueueDepth(3, 0))
+    policy = PolicyConfig(error_hold=60, fallback_sessions=1)
+    loop = ScalerLoop("s", source, pool, policy, 1.0, Metrics(), clock=clock)
+    await loop.tick()
+    source.next = None
+    for _ in range(59):
+        clock.now += 1
+        decision = await loop.tick()
+        assert (decision.target, decision.close) == (3, 0), decision.reason
+    assert pool.applied == []
+    clock.now += 2
+    decision = await loop.tick()
+    assert (decision.target, decision.close) == (1, 2)
+    assert pool.applied == [decision]
