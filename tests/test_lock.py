@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +56,12 @@ def test_every_declared_requirement_is_locked_at_a_version_it_allows():
 
 def test_this_environment_is_the_locked_one():
     pins = locked()
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Only what pip installed: setuptools puts its vendored copies (packaging, ...) on sys.path too.
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions()
+        if Path(d.locate_file("")).resolve() == site
+    }
     drift = {name: (installed[name], pin) for name, pin in pins.items() if name in installed and installed[name] != pin}
     assert not drift, f"installed versions differ from constraints.txt (installed, locked): {drift}"
