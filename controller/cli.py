@@ -97,7 +97,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         return run_cli(
-            everything=args.all, traces=args.trace, policies=args.policy, out=args.out, frontier=args.frontier
+            everything=args.all, traces=args.trace, policies=args.policy, out=args.out,
+            frontier=args.frontier, scale=args.scale,
         )
     except ValueError as exc:
         return _fail(str(exc))
@@ -174,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep our cost-for-wait settings on one --trace (default diurnal) against the KEDA "
         "baselines; write frontier.md and frontier.png to --out (default bench)",
     )  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all or --frontier: bench)")
+    p.add_argument(
+        "--scale", action="store_true",
+        help="every policy on the week-long scale trace, each in its own process, with its wall "
+        "time and peak memory; write scale.md to --out (default bench)",
+    )  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all, --frontier or --scale: bench)")
     p.set_defaults(func=_cmd_simulate)
 
     return parser

@@ -141,6 +141,31 @@ def test_the_oracle_never_keeps_the_spike_waiting() -> None:
     assert run(BUILT_IN["spike"](), "oracle").wait_max == 0.0
 
 
+def test_the_oracle_respects_the_endpoint_cap() -> None:
+    # 500 jobs at once, 100 workers at most: 100 sessions, each serving five jobs in turn; the
+    # oracle asks for none beyond the cap, so it costs what ours costs and waits less.
+    burst = Trace.of("burst", [(600.0, 60.0)] * 500)
+    oracle, ours_ = run(burst, "oracle"), run(burst, "ours")
+    assert oracle.opens == 100 and oracle.unfinished == 0
+    assert oracle.cost == pytest.approx(ours_.cost)
+    assert oracle.wait_max == pytest.approx(4 * 60) and oracle.wait_max < ours_.wait_max
+
+
+def test_results_after_the_learning_time_leave_out_its_jobs_and_its_cost() -> None:
+    # A cold start for the job in the learning time; the later one resumes the stopped worker.
+    trace = Trace.of("two", [(0.0, 60.0), (1000.0, 60.0)], learning=500.0)
+    result = run(trace, "ours")
+    assert (result.wait_max, result.p95_after) == (pytest.approx(COLD), pytest.approx(RESUME))
+    assert result.cost_after == pytest.approx(RESUME + 60 + IDLE)
+    assert result.cost == pytest.approx(COLD + 60 + IDLE + result.cost_after)
+    plain = run(Trace.of("two", trace_jobs(trace)), "ours")
+    assert (plain.p95_after, plain.cost_after) == (plain.wait_p95, plain.cost)
+
+
+def trace_jobs(trace: Trace) -> list[tuple[float, float]]:
+    return list(zip(trace.arrivals, trace.services, strict=True))
+
+
 class FakeWorld:
     """Counts only: what a baseline reads, and what it asks for."""
 
@@ -220,6 +245,21 @@ def test_same_seed_same_result_other_seed_other_result() -> None:
     assert first == again
     assert simulate(steady, ours(), Model(cold_start="uniform:150:210", seed=4)) != first
     assert BUILT_IN["diurnal"]() == BUILT_IN["diurnal"]()
+
+
+@pytest.mark.parametrize("name", ["multi-day", "periodic-batch"])
+def test_the_recurring_traces_repeat_daily_with_noise(name: str) -> None:
+    trace = BUILT_IN[name]()
+    assert trace == BUILT_IN[name]() and trace.learning == 24 * 3600
+    days = [sum(1 for a in trace.arrivals if d * 86400 <= a < (d + 1) * 86400) for d in range(2)]
+    assert days[0] != days[1] and abs(days[0] - days[1]) < 0.25 * days[0]
+
+
+def test_the_periodic_batch_comes_at_minute_17_of_every_hour() -> None:
+    trace = BUILT_IN["periodic-batch"]()
+    minutes = [int(a % 3600 // 60) for a in trace.arrivals]
+    per_hour_at_17 = minutes.count(17) / 48
+    assert 24 <= per_hour_at_17 <= 37 and max(minutes.count(m) for m in range(60) if m != 17) < 48
 
 
 def test_a_trace_survives_its_csv(tmp_path: Path) -> None:

@@ -36,9 +36,24 @@ class Result:
     interrupted: int  # jobs interrupted by scale-in
     mismatch: float  # area between sessions (open + opening) and work (waiting + in flight)
     seconds: float  # virtual time simulated
+    # After the trace's learning time (its first period), when it has one: the p95 wait of the
+    # jobs arriving after it, and the cost billed after it.
+    learning: float = 0.0
+    learned_p95: float | None = None
+    learned_cost: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def p95_after(self) -> float:
+        """p95 wait after the learning time (of the whole run without one)."""
+        return self.wait_p95 if self.learned_p95 is None else self.learned_p95
+
+    @property
+    def cost_after(self) -> float:
+        """Cost billed after the learning time (the whole run's without one)."""
+        return self.cost if self.learned_cost is None else self.learned_cost
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -68,6 +83,7 @@ def simulate(trace: Trace, policy: PolicyFactory, model: Model = DEFAULT_MODEL, 
         else:
             # Rounded to the microsecond: float sums must not turn "no wait" into 1e-14 s.
             waits.append(max(0.0, round(finished - arrival - service, 6)))
+    learned = [w for w, at in zip(waits, trace.arrivals, strict=True) if at >= trace.learning]
     return Result(
         trace=trace.name,
         policy=name or type(controller).__name__,
@@ -83,4 +99,7 @@ def simulate(trace: Trace, policy: PolicyFactory, model: Model = DEFAULT_MODEL, 
         interrupted=world.interrupted,
         mismatch=world.mismatch_seconds,
         seconds=world.now - world.started_at,
+        learning=trace.learning,
+        learned_p95=percentile(learned, 0.95) if trace.learning else None,
+        learned_cost=world.billed_seconds - world.billed_in_learning if trace.learning else None,
     )

@@ -45,7 +45,8 @@ class Ours:
     def tick(self, now: float, world: World) -> float:
         oldest = now - world.trace.arrivals[world.queue[0]] if world.queue else None
         depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
-        ages = tuple(now - at for at in world.granted_at.values())
+        # Ages only matter with a boot grace; building them costs a pass over every session.
+        ages = tuple(now - at for at in world.granted_at.values()) if self.config.boot_grace > 0 else ()
         supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages)
         decision = decide(depth, supply, self.config, now, self.state)
         self.state = decision.state

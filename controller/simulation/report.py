@@ -24,10 +24,20 @@ HOUR = 3600.0
 
 def run_cli(
     *, everything: bool, traces: list[str] | None, policies: list[str] | None, out: str | None,
-    frontier: bool = False,
+    frontier: bool = False, scale: bool = False,
 ) -> int:
     """Run the chosen traces x policies (all with `everything`) and report; 0 when done.
-    With `frontier`, sweep our settings on one trace instead (controller/simulation/frontier.py)."""
+    With `frontier`, sweep our settings on one trace instead (controller/simulation/frontier.py);
+    with `scale`, every policy on the week-long trace (controller/simulation/scale.py)."""
+    if scale:
+        if everything or traces or policies or frontier:
+            raise ValueError("--scale: runs every policy on the scale traces; drop --all, --trace, --policy, --frontier")
+        from controller.simulation.scale import run_cli as at_scale
+
+        folder = Path(out or "bench")
+        print(at_scale(folder))
+        print(f"wrote {folder / 'scale.md'}")
+        return 0
     if frontier:
         if everything:
             raise ValueError("--frontier: sweeps one trace; drop --all")

@@ -58,11 +58,14 @@ class Trace:
     arrivals: tuple[float, ...]  # seconds, ascending
     services: tuple[float, ...]  # seconds of work for each job
     about: str = ""
+    #: The first period of a recurring pattern: what a learning policy may spend learning it.
+    #: Results are also measured over the jobs arriving after it (0: no pattern to learn).
+    learning: float = 0.0
 
     @classmethod
-    def of(cls, name: str, jobs: Iterable[tuple[float, float]], about: str = "") -> Trace:
+    def of(cls, name: str, jobs: Iterable[tuple[float, float]], about: str = "", learning: float = 0.0) -> Trace:
         ordered = sorted((round(at, 1), round(max(service, 0.1), 1)) for at, service in jobs)
-        return cls(name, tuple(a for a, _ in ordered), tuple(s for _, s in ordered), about)
+        return cls(name, tuple(a for a, _ in ordered), tuple(s for _, s in ordered), about, learning)
 
 
 def write_csv(trace: Trace, path: Path) -> None:
@@ -104,6 +107,7 @@ def read_csv(path: Path, service: str = "lognormal:60:0.5", seed: int = 1) -> Tr
 # ---- the built-in traces (generators with fixed seeds) ---------------------------------------
 
 HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 def _poisson(rng: random.Random, rate: Callable[[float], float], peak: float, start: float, end: float) -> list[float]:
@@ -133,7 +137,7 @@ def bursts(seed: int = 12) -> Trace:
         arrivals += [start + rng.uniform(0, 20) for _ in range(40)]
     return Trace.of("bursts", ((a, service()) for a in arrivals),
                     "40 jobs within 20 s every 30 min over a trickle of 1 job/2 min, 4 h; "
-                    "service lognormal, median 60 s")
+                    "service lognormal, median 60 s", learning=1800.0)
 
 
 def diurnal(seed: int = 13) -> Trace:
@@ -175,6 +179,62 @@ def trickle(seed: int = 16) -> Trace:
                     "one job every 4 min on average (Poisson) for 6 h; service 20-40 s")
 
 
+def _daily(rng: random.Random, days: int, noise: float, shift: float) -> list[tuple[float, float]]:
+    """Per day, a (height factor, phase shift in seconds) drawn around (1, 0): day-to-day noise."""
+    return [(rng.uniform(1 - noise, 1 + noise), rng.uniform(-shift, shift)) for _ in range(days)]
+
+
+def _day_curve(t: float, days: list[tuple[float, float]], power: float) -> float:
+    """0 at midnight, 1 at noon, raised to `power` (higher: a shorter, sharper peak); per-day noise."""
+    height, shift = days[min(int(t // DAY), len(days) - 1)]
+    return height * ((1 - math.cos(2 * math.pi * (t - shift) / DAY)) / 2) ** power
+
+
+def multi_day(seed: int = 17) -> Trace:
+    rng = random.Random(seed)
+    service = distribution("lognormal:60:0.5", rng)
+    days = _daily(rng, 3, noise=0.2, shift=1800)
+    low, high = 0.003, 0.2
+
+    def rate(t: float) -> float:
+        return low + (high - low) * _day_curve(t, days, power=1)
+
+    arrivals = _poisson(rng, rate, low + high * 1.2, 0.0, 3 * DAY)
+    return Trace.of("multi-day", ((a, service()) for a in arrivals),
+                    "3 days of a day curve: 0.2 jobs/min at night to about 12 jobs/min at noon, each "
+                    "day's height +-20% and its timing +-30 min at random; service lognormal, median 60 s",
+                    learning=DAY)
+
+
+def periodic_batch(seed: int = 18) -> Trace:
+    rng = random.Random(seed)
+    service = distribution("lognormal:90:0.3", rng)
+    arrivals = _poisson(rng, lambda t: 1 / 180, 1 / 180, 0.0, 2 * DAY)
+    for hour in range(48):
+        start = hour * HOUR + 17 * 60  # minute 17 of every hour, like a cron job
+        arrivals += [start + rng.uniform(0, 10) for _ in range(round(30 * rng.uniform(0.8, 1.2)))]
+    return Trace.of("periodic-batch", ((a, service()) for a in arrivals),
+                    "2 days: a batch of 24-36 jobs within 10 s at minute 17 of every hour, over a "
+                    "trickle of 1 job/3 min; service lognormal, median 90 s", learning=DAY)
+
+
+def week(seed: int = 19) -> Trace:
+    """The scale trace (not in the benchmark): a week, about 330,000 jobs, peaks of 160/min."""
+    rng = random.Random(seed)
+    service = distribution("lognormal:30:0.5", rng)
+    days = _daily(rng, 7, noise=0.1, shift=1800)
+    days = [(height * (0.65 if day in (5, 6) else 0.9), shift) for day, (height, shift) in enumerate(days)]
+    peak = 160 / 60
+
+    def rate(t: float) -> float:
+        return peak * (0.02 + 0.98 * _day_curve(t, days, power=6))
+
+    arrivals = _poisson(rng, rate, peak, 0.0, 7 * DAY)
+    return Trace.of("week", ((a, service()) for a in arrivals),
+                    "7 days, weekdays and a quieter weekend: 3 jobs/min at night, up to 160 jobs/min "
+                    "at noon (a sharp peak); service lognormal, median 30 s", learning=DAY)
+
+
 BUILT_IN: dict[str, Callable[[], Trace]] = {
     "steady": steady,
     "bursts": bursts,
@@ -182,4 +242,8 @@ BUILT_IN: dict[str, Callable[[], Trace]] = {
     "spike": spike,
     "long-tail": long_tail,
     "trickle": trickle,
+    "multi-day": multi_day,
+    "periodic-batch": periodic_batch,
 }
+#: Traces for `simulate --scale` only: too long for the benchmark's minute.
+SCALE: dict[str, Callable[[], Trace]] = {"week": week}

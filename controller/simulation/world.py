@@ -110,6 +110,7 @@ class World:
         self.billed_seconds = 0.0
         self.busy_seconds = 0.0
         self.mismatch_seconds = 0.0  # area between sessions and work (waiting + in flight)
+        self.billed_in_learning = 0.0  # billed_seconds at trace.learning (0 without learning)
         self.opens = 0
         self.interrupted = 0
 
@@ -236,6 +237,8 @@ class World:
         elapsed = to - self.now
         if elapsed > 0:
             billed = self.loading + self.ready
+            if self.now < self.trace.learning <= to:
+                self.billed_in_learning = self.billed_seconds + (self.trace.learning - self.now) * billed
             self.billed_seconds += elapsed * billed
             self.busy_seconds += elapsed * self.busy
             work = len(self.queue) + self.busy
