@@ -39,6 +39,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+#: The most bins a forecast profile may have: a week of 10-second bins.
+MAX_FORECAST_BINS = 60480
+
+
+_QUANTILE_KEY = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+_WAIT_TARGET_FORM = "a quantile and a duration, e.g. {p95: 15s}, 'p95 15s' or {quantile: 0.95, seconds: 15}"
+
+
+class WaitTarget(_Strict):
+    """A wait to meet: this quantile of units starts within this many seconds of arriving."""
+
+    model_config = ConfigDict(json_schema_extra={"description": f"{_WAIT_TARGET_FORM}"})
+
+    quantile: float = Field(gt=0, lt=1, description="share of units that must start within `seconds`, e.g. 0.95")
+    seconds: Duration = Field(gt=0, description="the wait those units must not exceed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        # {p95: 15s} and 'p95 15s' (or 'p95: 15s') are the forms a person writes.
+        if isinstance(data, str):
+            parts = data.replace(":", " ").split()
+            if len(parts) != 2:
+                raise ValueError(f"expected {_WAIT_TARGET_FORM}, got {data!r}")
+            data = {parts[0]: parts[1]}
+        if isinstance(data, dict) and len(data) == 1:
+            (key, value), = data.items()
+            match = _QUANTILE_KEY.match(str(key))
+            if match is None and key not in ("quantile", "seconds"):
+                raise ValueError(f"expected {_WAIT_TARGET_FORM}, got key {key!r}")
+            if match is not None:
+                percent = float(match.group(1))
+                if not 0 < percent < 100:
+                    raise ValueError(f"{key}: the percentile must be between 0 and 100 exclusive")
+                return {"quantile": percent / 100, "seconds": value}
+        return data
+
+    def __str__(self) -> str:
+        return f"p{self.quantile * 100:g} {self.seconds:g}s"
+
+
 class PolicyConfig(_Strict):
     """How many sessions a scaler wants for a queue depth (see controller/policy.py)."""
 
@@ -110,6 +151,37 @@ class PolicyConfig(_Strict):
     boot_grace: Duration = Field(
         0.0, le=HOUR, description="a session granted less than this long ago is never closed"
     )
+    wait_target: WaitTarget | None = Field(
+        None,
+        description="the wait to meet at the least cost, e.g. {p95: 15s}: warm spares sized by a "
+        "queueing model from the arrival rate and the measured start-up times, its price of a late "
+        "unit corrected by the waits seen over wait_window (unset: off)",
+    )
+    wait_window: Duration = Field(
+        3600.0, gt=0, description="with wait_target: the window of observed waits that corrects the model"
+    )
+    forecast: bool = Field(
+        True,
+        description="with wait_target: learn the recurring arrival profile (kept in the state store) "
+        "and pre-warm one measured start-up ahead of forecast work",
+    )
+    forecast_period: Duration = Field(
+        86400.0, gt=0, description="with forecast: the period that repeats: 24h (default), or 168h for a week"
+    )
+    forecast_step: Duration = Field(
+        10.0, gt=0, description="with forecast: width of one bin of the profile (period / step bins)"
+    )
+    forecast_max_sessions: int | None = Field(
+        None,
+        ge=0,
+        description="with forecast: at most this many sessions beyond what the work asks for now "
+        "(unset: max_sessions)",
+    )
+    forecast_max_cost_per_hour: float | None = Field(
+        None,
+        gt=0,
+        description="with forecast: $/hour the forecast sessions may cost at most (needs price_per_session_hour)",
+    )
 
     @model_validator(mode="after")
     def _check_relations(self) -> PolicyConfig:
@@ -123,6 +195,19 @@ class PolicyConfig(_Strict):
             raise ValueError("drain_time: needs seconds_per_unit (how long one unit takes)")
         if self.prewarm_safety and self.seconds_per_unit is None:
             raise ValueError("prewarm_safety: needs seconds_per_unit (pre-warming is off without it)")
+        waits = {"wait_window", "forecast", "forecast_period", "forecast_step", "forecast_max_sessions",
+                 "forecast_max_cost_per_hour"}  # fmt: skip
+        unused = sorted(waits & self.model_fields_set) if self.wait_target is None else []
+        if unused:
+            raise ValueError(f"{unused[0]}: only used with wait_target (e.g. wait_target: {{p95: 15s}})")
+        steps = self.forecast_period / self.forecast_step
+        if abs(steps - round(steps)) > 1e-9 or not 1 <= round(steps) <= MAX_FORECAST_BINS:
+            raise ValueError(
+                f"forecast_step: must divide forecast_period ({self.forecast_period:g}s) into 1 to "
+                f"{MAX_FORECAST_BINS} bins, got {self.forecast_step:g}s"
+            )
+        if self.forecast_max_cost_per_hour is not None and self.price_per_session_hour is None:
+            raise ValueError("price_per_session_hour: required when forecast_max_cost_per_hour is set")
         return self
 
     @property
@@ -480,6 +565,7 @@ __all__ = [
     "ScalerConfig",
     "SessionConfig",
     "VastConfig",
+    "WaitTarget",
     "json_schema",
     "parse_duration",
     "split_ledger_prefix",

@@ -68,13 +68,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from controller import policy_rate
+from controller import policy_rate, policy_season, policy_startup, policy_wait
 from controller.config import PolicyConfig
 from controller.policy_rate import RateState
+from controller.policy_season import Profile
+from controller.policy_startup import StartupState
+from controller.policy_wait import WaitState
 from controller.sources import QueueDepth
 
 
@@ -97,12 +100,14 @@ class Supply:
     """Sessions a scaler holds: granted (`open`) and requested but not yet granted (`opening`).
 
     `ages`: seconds since each open session was granted, in any order; one per open session,
-    or () when unknown (then every open session may be closed).
+    or () when unknown (then every open session may be closed). `startups`: request-to-grant
+    seconds of the sessions granted since the last decision (measured start-up times).
     """
 
     open: int
     opening: int
     ages: tuple[float, ...] = ()
+    startups: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ages and len(self.ages) != self.open:
@@ -120,19 +125,47 @@ class Supply:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """What a scaler learns about its endpoint and its traffic, kept across restarts (the state
+    store): start-up times, the wait target's price and rates, the recurring arrival profile."""
+
+    startup: StartupState = StartupState()
+    wait: WaitState | None = None
+    profile: Profile | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "startup": self.startup.as_json(),
+            "wait": None if self.wait is None else self.wait.as_json(),
+            "profile": None if self.profile is None else self.profile.as_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Learned:
+        """Raises ValueError (or KeyError, TypeError) on a malformed record."""
+        wait, profile = data.get("wait"), data.get("profile")
+        return cls(
+            StartupState.from_json(data["startup"]),
+            None if wait is None else WaitState.from_json(wait),
+            None if profile is None else Profile.from_json(profile),
+        )
+
+
+@dataclass(frozen=True)
 class PolicyState:
     """What `decide()` remembers between ticks; `PolicyState()` is the initial state.
 
     `window` holds (time, target) points of the scale-down window with strictly decreasing
     targets (a later, larger target makes earlier ones irrelevant), so it never holds more than
     max_sessions + 1 points however often the loop ticks. `rate` is the arrival-rate estimate
-    (only with seconds_per_unit or lead_time).
+    (only with seconds_per_unit or lead_time). `learned` is what outlives a restart.
     """
 
     window: tuple[tuple[float, int], ...] = ()
     last_ok_at: float | None = None
     failing_since: float | None = None
     rate: RateState | None = None
+    learned: Learned = Learned()
 
 
 @dataclass(frozen=True)
@@ -289,6 +322,9 @@ def decide(
     sources = _sources(depth)
     readable = [s for s in sources if s.depth is not None]
     terms: dict[str, float] = {}
+    learned = state.learned
+    if supply.startups:
+        learned = replace(learned, startup=policy_startup.observe(learned.startup, supply.startups))
     if not readable:
         failing_since = now if state.failing_since is None else state.failing_since
         since = failing_since if state.last_ok_at is None else state.last_ok_at
@@ -296,7 +332,7 @@ def decide(
         # The error target goes straight to the supply (hold or fallback) and into the window
         # too, so the first good read after an outage waits the delay before closing anything.
         window = _slide(state.window, now, target, config.scale_down_delay)
-        state = PolicyState(window, state.last_ok_at, failing_since, state.rate)
+        state = PolicyState(window, state.last_ok_at, failing_since, state.rate, learned)
         summed = None
     else:
         work = _work(readable, config)
@@ -305,7 +341,9 @@ def decide(
         if config.estimates_rate and len(readable) == len(sources):
             # Only full reads: a source missing from the sum would look like its work completed.
             rate = policy_rate.update(rate, now, float(work.weighted), float(work.weighted_in_flight), config)
-        wanted, notes = _wanted(work, supply, config, bounds, rate, terms)
+        if config.wait_target is not None and len(readable) == len(sources):
+            learned = _learn(learned, work, now, config)
+        wanted, notes = _wanted(work, supply, config, bounds, rate, terms, learned, now)
         if len(readable) < len(sources):
             wanted = max(wanted, bounds.clamp(supply.total))
             missing = ", ".join(s.name for s in sources if s.depth is None)
@@ -315,7 +353,7 @@ def decide(
         keep = bounds.clamp(max(value for _, value in window))
         target = min(max(supply.total, wanted), keep)
         reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config)
-        state = PolicyState(window=window, last_ok_at=now, rate=rate)
+        state = PolicyState(window=window, last_ok_at=now, rate=rate, learned=learned)
     if config.paused:
         target, reason, (open_, cancel, close) = supply.total, "paused", (0, 0, 0)
     else:
@@ -338,6 +376,19 @@ def decide(
     )
 
 
+def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig) -> Learned:
+    """The wait target's rates, late share and price, and the profile, after one full reading."""
+    assert config.wait_target is not None
+    wait, arrived = policy_wait.update(
+        learned.wait or WaitState(), now, work.waiting, work.in_flight, work.oldest_age,
+        config.wait_target, config.wait_window,
+    )  # fmt: skip
+    profile = learned.profile
+    if config.forecast and wait.at is not None:
+        profile = policy_season.update(profile, now, arrived, config.forecast_period, config.forecast_step)
+    return Learned(learned.startup, wait, profile)
+
+
 def _wanted(
     work: _Work,
     supply: Supply,
@@ -345,6 +396,8 @@ def _wanted(
     bounds: _Bounds,
     rate: RateState | None,
     terms: dict[str, float],
+    learned: Learned,
+    now: float,
 ) -> tuple[int, list[str]]:
     """Sessions the work asks for now, and notes on what bent the number; fills `terms`."""
     notes: list[str] = []
@@ -375,6 +428,8 @@ def _wanted(
         if by_age > need:
             notes.append(f"oldest waited {work.oldest_age:g}s > max_wait {config.max_wait:g}s")
         need = max(need, by_age)
+    if config.wait_target is not None and learned.wait is not None:
+        need = _for_wait_target(need, work, config, bounds, learned, now, terms, notes)
     if need and config.buffer_sessions:
         need += config.buffer_sessions
         terms["buffer"] = config.buffer_sessions
@@ -396,6 +451,37 @@ def _wanted(
     elif below_activation and work.total and not work.aged:
         notes.append(f"below activation {config.activation}")
     return wanted, notes
+
+
+def _for_wait_target(
+    need: int, work: _Work, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float,
+    terms: dict[str, float], notes: list[str],
+) -> int:  # fmt: skip
+    """`need` raised to the forecast work one start-up ahead (capped), plus the warm spares."""
+    assert config.wait_target is not None and learned.wait is not None
+    wait, startup = learned.wait, learned.startup
+    if config.forecast and learned.profile is not None:
+        lead = startup.lead + wait.poll
+        service = config.seconds_per_unit or wait.service
+        expected = policy_season.expected(learned.profile, now + lead, service)
+        # A session held for a forecast unit that does not come costs its lead, a bin and the
+        # scale-down delay; the margin buys the units a Poisson count may bring beyond the mean.
+        hold = lead + config.forecast_step + config.scale_down_delay
+        cap = config.max_sessions if config.forecast_max_sessions is None else config.forecast_max_sessions
+        units = math.ceil(expected) + policy_wait.margin(expected, wait.price, hold, cap) if expected else 0
+        ahead = policy_rate.sessions(units, config) - need
+        if config.forecast_max_cost_per_hour is not None and config.price_per_session_hour is not None:
+            cap = min(cap, math.floor(config.forecast_max_cost_per_hour / config.price_per_session_hour))
+        terms.update(forecast=round(expected, 3), forecast_weight=round(learned.profile.weight, 3))
+        if ahead > 0 and cap > 0:
+            notes.append(f"forecast: {expected:.3g} units in {lead:.0f}s")
+            need += min(ahead, cap)
+    units = policy_wait.spares(wait, config.wait_target, startup, bounds.upper)
+    spare = policy_rate.sessions(units, config)
+    terms.update(spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
+    if spare:
+        notes.append(f"{_count(spare, 'spare')} for {config.wait_target}")
+    return need + spare
 
 
 def _shared(work: _Work, config: PolicyConfig) -> int:

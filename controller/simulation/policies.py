@@ -47,7 +47,9 @@ class Ours:
         depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
         # Ages only matter with a boot grace; building them costs a pass over every session.
         ages = tuple(now - at for at in world.granted_at.values()) if self.config.boot_grace > 0 else ()
-        supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages)
+        startups = tuple(world.startups)
+        world.startups.clear()
+        supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages, startups=startups)
         decision = decide(depth, supply, self.config, now, self.state)
         self.state = decision.state
         if not decision.act:

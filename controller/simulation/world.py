@@ -105,6 +105,9 @@ class World:
         self.requests: dict[int, None] = {}  # waiting session requests, oldest first
         self.sessions: dict[int, int] = {}  # granted session -> worker, in grant order
         self.granted_at: dict[int, float] = {}
+        self.requested_at: dict[int, float] = {}  # waiting requests: when each was made
+        # Request-to-grant seconds of the latest grants, for a controller that measures them.
+        self.startups: deque[float] = deque(maxlen=1024)
         self._next_session = 0
         # What a run measures, integrated over time between events.
         self.billed_seconds = 0.0
@@ -140,6 +143,7 @@ class World:
             session = self._next_session
             self._next_session += 1
             self.opens += 1
+            self.requested_at[session] = self.now
             if self.idle:
                 self._grant(session, self.idle.popitem()[0])
             else:
@@ -150,6 +154,7 @@ class World:
         """Drop the `count` most recent waiting requests; their loading workers carry on."""
         for session in list(reversed(self.requests))[:count]:
             del self.requests[session]
+            del self.requested_at[session]
 
     def close_youngest(self, count: int) -> None:
         """Close the `count` most recently granted sessions, busy or not."""
@@ -180,6 +185,7 @@ class World:
         worker.epoch += 1
         self.sessions[session] = worker_id
         self.granted_at[session] = self.now
+        self.startups.append(self.now - self.requested_at.pop(session))
         if self.queue:
             self._run_next(worker)
         elif self.consumer is Consumer.ONE_JOB:

@@ -1,0 +1,219 @@
+"""Warm spares for a wait target: a queueing model, and a price of lateness learned from the waits.
+
+**The model.** A unit that finds a warm spare (a session with no unit) starts at once; the pool
+then asks for a replacement, which is ready one start-up R later (plus up to a poll). A unit that
+finds no spare asks for a session itself, or is taken by a worker that finishes a unit first. So
+with k spares, a unit waits longer than the target T when the k spares went to the arrivals of
+the last R + poll - T seconds and no busy worker frees within T:
+
+    P_late(k) = (1 - warm) x sum over R of share(R) x P(Poisson(rate x (R + poll - T)) >= k)
+
+(a start-up R with R + poll <= T adds nothing). `warm` is the measured share of opens granted at
+once (a worker released moments ago), share(R) the measured spread of the other request-to-grant
+times (controller/policy_startup.py): a resume, a cold start, or a worker whose unit completed
+first, as it happens on this endpoint. This is the (S-1, S) inventory model of spare parts, the
+square-root staffing rule's discrete cousin: spares grow with the arrivals within one start-up.
+
+**The price.** Spares cost worker-seconds, late units break the target; the policy keeps the k
+spares worth most: rate x price x (P_late(0) - P_late(k)) - k at its largest, `price` being the
+worker-seconds one late unit is worth. Where arrivals are frequent a spare saves
+many units, where they are rare it saves few: spares go where they are cheapest per unit saved,
+which is how a share of late units is met at the least cost. The price is learned (integral
+control on its log): late units raise it and units on time lower it, each by a step sized to the
+units `wait_window` holds, so that the late share settles at AIM x (1 - quantile). Learning
+corrects whatever the model gets wrong (bursts, service times, a source's quirks).
+
+**Late units from depth readings.** The queue is served oldest first, so the units that arrived
+T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
+those, the ones that arrived in the reading that has just become T seconds old are the newly late
+(T less one poll: a reading sees waits only to within a poll, so it errs towards late).
+Arrivals are the rises of waiting + in flight between readings (a lower bound when a unit arrives
+and another completes between two reads). A source that reports its oldest unit's age (Redis
+streams) vouches for an empty late set when that age is under that. Pure: the clock is `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from controller.config import WaitTarget
+from controller.policy_startup import StartupState
+
+#: The late share the price aims at, as a fraction of the allowed one: noise around it stays within.
+AIM = 0.8
+#: A wait window of units all on time lowers the price STEP x STEP times.
+STEP = 4.0
+#: A window counts as holding at least this many units: the first few do not swing the price.
+MIN_UNITS = 20.0
+#: The price a fresh scaler starts from (worker-seconds per late unit), and its bounds: a late
+#: unit is worth at most a worker-day.
+PRICE_START, PRICE_MIN, PRICE_MAX = 600.0, 10.0, 86400.0
+#: Arrivals are averaged over this long for the model's rate: Poisson traffic, not one arrival.
+RATE_WINDOW = 600.0
+#: A default service time until units have been seen in flight (Little's law needs a rate).
+SERVICE_START = 60.0
+
+
+@dataclass(frozen=True)
+class WaitState:
+    """The last reading, averaged rates and in-flight work, the late share seen, and the price.
+
+    `recent` holds (time, arrivals) of the readings of the last target seconds: the arrivals that
+    may still become late. `at` is None until the first reading after a (re)start.
+    """
+
+    at: float | None = None
+    since: float | None = None  # the first reading after a (re)start
+    total: float = 0.0
+    rate: float = 0.0  # arrivals per second over RATE_WINDOW
+    busy: float = 0.0  # units in flight, averaged over wait_window
+    seen: float = 0.0  # arrivals per second over wait_window
+    late: float = 0.0  # late units per second over wait_window
+    price: float = PRICE_START
+    poll: float = 1.0  # seconds between readings, averaged
+    recent: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def late_share(self) -> float:
+        """The share of units that waited longer than the target, over the wait window."""
+        return self.late / self.seen if self.seen > 0 else 0.0
+
+    @property
+    def service(self) -> float:
+        """Seconds a unit spends in flight, by Little's law (busy = arrival rate x service), both
+        over the wait window: a burst's arrivals must not read as short units."""
+        if self.seen <= 0 or self.busy <= 0:
+            return SERVICE_START
+        return min(3600.0, max(1.0, self.busy / self.seen))
+
+    def as_json(self) -> dict[str, float]:
+        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "late": self.late,
+                "price": self.price, "poll": self.poll}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, float]) -> WaitState:
+        return cls(rate=float(data["rate"]), busy=float(data["busy"]), seen=float(data["seen"]),
+                   late=float(data["late"]), price=float(data["price"]), poll=float(data["poll"]))  # fmt: skip
+
+
+def update(
+    state: WaitState, now: float, waiting: int, in_flight: int, oldest_age: float | None,
+    target: WaitTarget, window: float,
+) -> tuple[WaitState, float]:  # fmt: skip
+    """The state after one good reading, and the arrivals it counted."""
+    total = float(waiting + in_flight)
+    if state.at is None:
+        # After a restart the averages carry on (they are what was learned); the window of
+        # units counts afresh from here.
+        since = now - window if state.seen > 0 else now
+        return replace(state, at=now, since=since, total=total, recent=()), 0.0
+    dt = now - state.at
+    if dt <= 0:
+        # The same instant, or the wall clock stepped back: start afresh from here.
+        return (state if dt == 0 else replace(state, at=now, total=total, recent=())), 0.0
+    arrived = max(0.0, total - state.total)
+    # A reading sees a unit's wait only to within a poll: one still waiting a poll short of
+    # the target is counted late (a unit served between two readings past it would be missed).
+    horizon = max(0.0, target.seconds - state.poll)
+    cutoff = now - horizon
+    due = sum(count for at, count in state.recent if at <= cutoff)
+    kept = tuple((at, count) for at, count in state.recent if at > cutoff)
+    since = sum(count for _, count in kept) + arrived
+    late = min(due, max(0.0, waiting - since))
+    if oldest_age is not None and oldest_age < horizon:
+        late = 0.0
+    fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
+    seen = state.seen + slow * (arrived / dt - state.seen)
+    late_rate = state.late + slow * (late / dt - state.late)
+    price = state.price
+    if arrived or late:
+        # The window's units: the average, corrected for how little of a window has been seen.
+        units = seen / -math.expm1(-(now - state.since) / window) * window if state.since is not None else 0.0
+        # Every unit lowers the log of the price a little, every late unit raises it by
+        # (1 - aim) / aim times as much: it stands still at the aimed late share. A window of
+        # units all on time lowers it STEP x STEP times. Without units nothing moves it.
+        aim = AIM * (1 - target.quantile)
+        step = 2 * math.log(STEP) / max(MIN_UNITS, units)
+        price *= math.exp(step * (late * (1 - aim) / aim - (arrived - late)))
+    return WaitState(
+        at=now,
+        since=state.since,
+        total=total,
+        rate=state.rate + fast * (arrived / dt - state.rate),
+        busy=state.busy + slow * (in_flight - state.busy),
+        seen=seen,
+        late=late_rate,
+        price=min(PRICE_MAX, max(PRICE_MIN, price)),
+        poll=state.poll + 0.1 * (min(dt, 30.0) - state.poll),
+        recent=(*kept, (now, arrived)) if arrived else kept,
+    ), arrived
+
+
+def late_chances(rate: float, target: float, poll: float, startup: StartupState) -> Iterator[float]:
+    """P_late(0), P_late(1), ...: the chance a unit arriving now waits longer than `target` with
+    that many spares (see above); endless, falling to 0."""
+    # Per start-up bin that can make a unit late: its share, and Poisson(mean)'s P(N = k), P(N >= k).
+    bins = [[share, rate * gap, math.exp(-rate * gap), 1.0]
+            for share, seconds in startup.spread() if (gap := seconds + poll - target) > 0]  # fmt: skip
+    count = 0
+    while True:
+        yield (1 - startup.warm_share) * sum(share * tail for share, _, _, tail in bins)
+        count += 1
+        for state in bins:
+            share, mean, exactly, tail = state
+            state[3] = max(0.0, tail - exactly)  # P(N >= k+1) = P(N >= k) - P(N = k)
+            state[2] = exactly * mean / count
+
+
+def spares(state: WaitState, target: WaitTarget, startup: StartupState, cap: int) -> int:
+    """Warm spares (units) worth their cost at the learned price; at most `cap`."""
+    if state.rate <= 0:
+        return 0
+    # Rate and price on a 1% log grid, the poll to 50 ms: the answer is the same for nearby
+    # inputs, so it is computed once for them (a pure function's cache; ticks repeat them a lot).
+    rate = math.exp(round(math.log(state.rate), 2))
+    price = math.exp(round(math.log(state.price), 2))
+    return _spares(rate, price, round(state.poll * 20) / 20, target.seconds, startup, cap)
+
+
+@lru_cache(maxsize=4096)
+def _spares(rate: float, price: float, poll: float, target: float, startup: StartupState, cap: int) -> int:
+    # Most net worth: late units saved per second x price - spares. Not the first k whose next
+    # spare saves too little: with many arrivals per start-up the first spares save almost
+    # nothing, and only enough of them do (P_late is not convex in k).
+    chances = late_chances(rate, target, poll, startup)
+    first = next(chances)
+    best, best_worth = 0, 0.0
+    for count in range(1, cap + 1):
+        chance = next(chances)
+        worth = rate * price * (first - chance) - count
+        if worth > best_worth:
+            best, best_worth = count, worth
+        if chance < 1e-9 or rate * price * chance < 1:
+            break  # no further spare can save a unit's worth
+    return best
+
+
+def margin(expected: float, price: float, hold: float, cap: int) -> int:
+    """Sessions beyond a forecast of `expected` units worth holding: the count that arrives is
+    taken as Poisson, a session beyond it costs `hold` worker-seconds when no unit comes, and the
+    j-th one saves a late unit with chance P(N >= ceil(expected) + j)."""
+    base, count = math.ceil(expected), 0
+    while count < cap and price * _poisson_tail(expected, base + count + 1) >= hold:
+        count += 1
+    return count
+
+
+def _poisson_tail(mean: float, k: int) -> float:
+    """P(N >= k) for N ~ Poisson(mean)."""
+    if k <= 0:
+        return 1.0
+    term = math.exp(-mean)
+    below = term
+    for j in range(1, k):
+        term *= mean / j
+        below += term
+    return max(0.0, 1.0 - below)

@@ -1,0 +1,254 @@
+"""The wait target: measured start-ups, late units from depth readings, the learned price, the
+spares it buys, and the recurring-load forecast (controller/policy_wait.py, policy_startup.py,
+policy_season.py), with hypothesis properties of decide() under a wait target."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from controller import policy_season, policy_wait
+from controller.config import PolicyConfig, WaitTarget
+from controller.policy import Learned, PolicyState, Supply, decide
+from controller.policy_startup import StartupState, observe
+from controller.policy_wait import WaitState
+from controller.sources import QueueDepth
+
+P95_10 = WaitTarget(quantile=0.95, seconds=10)
+DAY = 86400.0
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", [{"p95": "10s"}, "p95 10s", "p95: 10s", {"quantile": 0.95, "seconds": 10}])
+def test_a_wait_target_is_written_as_a_quantile_and_a_duration(form: object) -> None:
+    assert PolicyConfig(wait_target=form).wait_target == P95_10
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"wait_target": "p95"}, "expected a quantile and a duration, e.g. {p95: 15s}"),
+        ({"wait_target": {"x95": "10s"}}, "got key 'x95'"),
+        ({"wait_target": {"p0": "10s"}}, "p0: the percentile must be between 0 and 100"),
+        ({"wait_target": "p95 0s"}, "seconds"),
+        ({"forecast_period": "168h"}, "forecast_period: only used with wait_target"),
+        ({"wait_window": "2h"}, "wait_window: only used with wait_target"),
+        ({"wait_target": "p95 10s", "forecast_step": 7}, "forecast_step: must divide forecast_period (86400s)"),
+        ({"wait_target": "p95 10s", "forecast_max_cost_per_hour": 3}, "price_per_session_hour: required"),
+    ],
+)
+def test_wait_target_settings_say_what_is_wrong(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{")):
+        PolicyConfig(**fields)
+
+
+# ---- measured start-ups ---------------------------------------------------------------------------
+
+
+def test_startups_split_into_warm_grants_resumes_and_cold_starts() -> None:
+    state = observe(StartupState(), [0.2, 31, 29, 30, 200, 185, 0.5, 28])
+    assert state.measured == 8 and 0 < state.warm_share < 0.1
+    assert 28 < state.resume < 31 and 185 < state.cold < 240
+    assert 0.2 < state.cold_share < 0.6
+    resumes_only = observe(state, [30.0] * 60)
+    assert resumes_only.cold_share < 0.01 and resumes_only.lead < 40  # the lead follows the endpoint
+
+
+def test_startup_estimates_follow_an_endpoint_slower_than_the_priors() -> None:
+    state = observe(StartupState(), [90.0, 600.0] * 30)
+    assert state.resume == pytest.approx(90, rel=0.05) and state.cold == pytest.approx(600, rel=0.05)
+    assert state.lead >= 600
+
+
+# ---- late units from depth readings ---------------------------------------------------------------
+
+
+def late_units(readings: list[tuple[float, int, int]], oldest: list[float | None] | None = None) -> float:
+    """How many units the readings show as newly late, summed (the EWMA's input)."""
+    state, total = WaitState(), 0.0
+    for index, (at, waiting, in_flight) in enumerate(readings):
+        before = state
+        age = None if oldest is None else oldest[index]
+        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600)
+        if before.at is not None:
+            dt = at - before.at
+            rate = -math.expm1(-dt / 3600)
+            total += (state.late - before.late * (1 - rate)) / rate * dt
+    return total
+
+
+def test_units_still_waiting_past_the_target_are_counted_late_once() -> None:
+    # 3 units arrive at t=1 and wait; one starts at t=6, the other two wait until t=20.
+    readings = [(0.0, 0, 0), (1.0, 3, 0)] + [(t, 3 if t < 6 else 2, 0 if t < 6 else 1) for t in range(2, 20)]
+    readings += [(20.0, 0, 3), (21.0, 0, 3)]
+    assert late_units(readings) == pytest.approx(2)
+
+
+def test_units_served_within_the_target_are_not_late() -> None:
+    readings = [(0.0, 0, 0), (1.0, 3, 0)] + [(float(t), 3, 0) for t in range(2, 8)] + [(8.0, 0, 3), (30.0, 0, 3)]
+    assert late_units(readings) == 0
+
+
+def test_a_source_that_reports_a_young_oldest_unit_has_none_late() -> None:
+    readings = [(0.0, 0, 0), (1.0, 3, 0)] + [(float(t), 3, 0) for t in range(2, 14)]
+    assert late_units(readings) == pytest.approx(3)
+    assert late_units(readings, [None] * 2 + [0.5] * 12) == 0  # the queue says its units are fresh
+
+
+def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> None:
+    def stream(state: WaitState, start: int, end: int, wait: int) -> WaitState:
+        """A unit at every even second, waiting `wait` (odd) seconds, then 2 s in flight: it
+        completes at an odd second, so no arrival hides a completion in the depth readings."""
+        for t in range(start, end):
+            arrivals = range(max(0, t - wait - 3) // 2 * 2, t + 1, 2)
+            waiting = sum(a <= t < a + wait for a in arrivals)
+            in_flight = sum(a + wait <= t < a + wait + 2 for a in arrivals)
+            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600)
+        return state
+
+    late = stream(WaitState(), 0, 1200, wait=15)
+    assert late.price > policy_wait.PRICE_START and late.late_share > 0.05
+    on_time = stream(late, 1200, 2400, wait=1)
+    assert on_time.price < late.price
+    quiet = on_time
+    for t in range(2400, 3600):  # nothing arrives: nothing to learn from
+        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600)
+    assert quiet.price == on_time.price
+
+
+def test_spares_grow_with_the_price_and_the_rate_and_none_without_arrivals() -> None:
+    startup = StartupState()
+    def count(rate: float, price: float) -> int:
+        return policy_wait.spares(WaitState(rate=rate, price=price), P95_10, startup, 100)
+    assert count(0.0, 1e5) == 0
+    assert count(0.1, 100) <= count(0.1, 1000) <= count(0.1, 10000)
+    assert count(0.01, 1000) <= count(0.1, 1000) <= count(1.0, 1000)
+    assert count(1.0, 1000) > 0
+    # A long target needs none: every start-up lands within it.
+    assert policy_wait.spares(WaitState(rate=1.0, price=1e5), WaitTarget(quantile=0.95, seconds=3600), startup, 100) == 0
+
+
+def test_the_late_chance_falls_with_each_spare_to_zero() -> None:
+    chances = policy_wait.late_chances(0.2, 10, 1, StartupState())
+    values = [next(chances) for _ in range(120)]
+    assert values[0] == pytest.approx(1.0) and values[-1] < 1e-6
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+# ---- the recurring-load profile --------------------------------------------------------------------
+
+
+def feed(profile: policy_season.Profile | None, start: float, end: float, batch_at: float, size: int,
+         period: float = 3600, step: float = 10) -> policy_season.Profile | None:  # fmt: skip
+    """Readings every second; `size` units arrive at `batch_at` past every period start."""
+    t = start
+    while t < end:
+        arrived = size if size and t % period == batch_at else 0
+        profile = policy_season.update(profile, t, arrived, period, step)
+        t += 1
+    return profile
+
+
+def test_the_profile_forecasts_a_batch_after_one_period_and_not_before() -> None:
+    profile = feed(None, 0, 3000, batch_at=1000, size=30)
+    assert policy_season.expected(profile, 4600, 60) == 0  # not a whole period seen yet
+    profile = feed(profile, 3000, 4590, batch_at=1000, size=30)
+    assert policy_season.expected(profile, 4600, 60) == pytest.approx(30)  # bin 4600 = 3600 + 1000
+    assert policy_season.expected(profile, 4400, 60) == 0
+
+
+def test_a_forecast_whose_batches_stop_loses_its_weight_within_a_period() -> None:
+    profile = feed(None, 0, 4 * 3600, batch_at=1000, size=30)
+    assert profile is not None and profile.weight == pytest.approx(1)
+    profile = feed(profile, 4 * 3600, 5 * 3600, batch_at=1000, size=0)  # the batch stops
+    assert profile is not None and profile.weight < 0.8
+    profile = feed(profile, 5 * 3600, 8 * 3600, batch_at=1000, size=0)
+    assert policy_season.expected(profile, 8 * 3600 + 1000, 60) < 5
+
+
+def test_the_learned_state_survives_json() -> None:
+    profile = feed(None, 0, 7200, batch_at=1000, size=30)
+    learned = Learned(observe(StartupState(), [31, 180]), WaitState(rate=0.1, price=1234.0, at=5.0), profile)
+    again = Learned.from_json(json.loads(json.dumps(learned.as_json())))
+    assert again.startup == learned.startup and again.profile == profile and profile is not None
+    assert again.wait is not None and (again.wait.price, again.wait.rate, again.wait.at) == (1234.0, 0.1, None)
+
+
+# ---- decide() with a wait target ---------------------------------------------------------------------
+
+
+def test_without_a_wait_target_startups_are_measured_but_decide_the_same() -> None:
+    config = PolicyConfig(max_sessions=10)
+    plain = decide(QueueDepth(3, 0), Supply(0, 0), config, 0.0, PolicyState())
+    measured = decide(QueueDepth(3, 0), Supply(0, 0, startups=(31.0,)), config, 0.0, PolicyState())
+    assert (plain.target, plain.open, plain.reason) == (measured.target, measured.open, measured.reason)
+    assert measured.state.learned.startup.measured == 1 and plain.state.learned == Learned()
+
+
+def test_late_units_buy_spares_and_none_are_kept_once_the_stream_stops() -> None:
+    config = PolicyConfig(max_sessions=50, wait_target="p95 10s", forecast=False)
+    state = PolicyState()
+    for second in range(3600):  # a unit every 5 s that waits 15 s, then 22 s in flight
+        arrivals = range(max(0, second - 40) // 5 * 5, second + 1, 5)
+        waiting = sum(a <= second < a + 15 for a in arrivals)
+        in_flight = sum(a + 15 <= second < a + 37 for a in arrivals)
+        decision = decide(QueueDepth(waiting, in_flight), Supply(waiting + in_flight, 0), config, float(second), state)
+        state = decision.state
+    assert state.learned.wait is not None and state.learned.wait.late_share > 0.5
+    assert dict(decision.terms)["spares"] >= 1 and decision.target > waiting + in_flight
+    for second in range(3600, 3600 + 4 * 3600, 10):
+        decision = decide(QueueDepth(0, 0), Supply(0, 0), config, float(second), state)
+        state = decision.state
+    assert decision.target == 0
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[float, int, int]]:
+    steps = draw(st.lists(st.tuples(st.floats(0.1, 30), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=40))
+    t, out = 0.0, []
+    for dt, waiting, in_flight in steps:
+        t += dt
+        out.append((t, waiting, in_flight))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    history=histories(),
+    max_sessions=st.integers(1, 30),
+    quantile=st.sampled_from([0.5, 0.9, 0.95, 0.99]),
+    seconds=st.sampled_from([1.0, 10.0, 30.0, 300.0]),
+    budget=st.none() | st.integers(1, 20),
+)
+def test_a_wait_target_never_breaks_the_caps_and_never_strands_work(
+    history: list[tuple[float, int, int]], max_sessions: int, quantile: float, seconds: float, budget: int | None
+) -> None:
+    config = PolicyConfig(
+        max_sessions=max_sessions, wait_target={"quantile": quantile, "seconds": seconds},
+        max_cost_per_hour=budget, price_per_session_hour=1 if budget else None,
+    )  # fmt: skip
+    upper = min(max_sessions, budget or max_sessions)
+    state, supply = PolicyState(), Supply(0, 0)
+    for at, waiting, in_flight in history:
+        decision = decide(QueueDepth(waiting, in_flight), supply, config, at, state)
+        state = decision.state
+        assert 0 <= decision.target <= upper
+        assert decision.target >= min(upper, waiting + in_flight, supply.total)  # never below the work it has
+        assert state.learned.wait is not None and policy_wait.PRICE_MIN <= state.learned.wait.price <= policy_wait.PRICE_MAX
+        supply = Supply(decision.target, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rate=st.floats(0.0001, 5), low=st.floats(10, 1e4), factor=st.floats(1, 100), seconds=st.floats(1, 120))
+def test_more_price_never_buys_fewer_spares(rate: float, low: float, factor: float, seconds: float) -> None:
+    target, startup = WaitTarget(quantile=0.95, seconds=seconds), StartupState()
+    cheap = policy_wait.spares(WaitState(rate=rate, price=low), target, startup, 200)
+    dear = policy_wait.spares(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 200)
+    assert dear >= cheap
