@@ -87,21 +87,25 @@ class FileLedger:
         return _decode(raw, str(self.path), "move it aside")
 
     def save(self, records: list[SessionRecord]) -> None:
-        body = _encode(records)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as handle:  # mkstemp creates it 0600
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_atomically(self.path, _encode(records))
         except OSError as exc:
             raise LedgerError(f"cannot write session ledger {self.path}: {exc.strerror}") from None
+
+
+def write_atomically(path: Path, body: str) -> None:
+    """Replace `path` with `body`: a 0600 temp file beside it, fsynced, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp creates it 0600
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 DEFAULT_KEY_PREFIX = "vast-queue-scaler"

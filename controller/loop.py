@@ -11,11 +11,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from controller.config import PolicyConfig
 from controller.decisions import DecisionLog, decision_record
+from controller.memory import LearnedStateError, Memory
 from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
 from controller.sources import QueueDepth, Source, SourceError, WatchableSource
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Wake-ups closer together than this are merged: a busy queue must not turn into a busy loop.
 MIN_TICK_GAP = 0.05
+#: What the policy learned is written to the state store this often (and when the scaler stops).
+REMEMBER_EVERY = 60.0
 _JITTER = 0.1
 #: A queue that reads as missing (a stream or group not created yet, or a typo) is said again
 #: this often while it lasts: visible, without a warning per tick.
@@ -67,6 +70,7 @@ class ScalerLoop:
         acting: Callable[[], Awaitable[bool]] | None = None,
         decisions: DecisionLog | None = None,
         clock: Callable[[], float] = time.time,
+        memory: Memory | None = None,
     ):
         self.name = name
         # One plain source is the common case; the policy sees its depth as is.
@@ -84,6 +88,8 @@ class ScalerLoop:
         self._clock = clock
         self._wake = asyncio.Event()
         self.state = PolicyState()
+        self._memory = memory
+        self._remembered_at: float | None = None
         self.last_depth: QueueDepth | None = None
         self.last_decision: Decision | None = None
         self.last_read_ok_at: float | None = None
@@ -93,7 +99,31 @@ class ScalerLoop:
         """Run the next tick now (a push from the queue, a released session)."""
         self._wake.set()
 
+    async def recall(self) -> None:
+        """Start from what the policy learned before a restart (or under another leader)."""
+        if self._memory is None:
+            return
+        try:
+            learned = await asyncio.to_thread(self._memory.load)
+        except LearnedStateError as exc:
+            log.warning("learned state not restored", extra={"scaler": self.name, "error": str(exc)})
+            return
+        if learned is not None:
+            self.state = replace(self.state, learned=learned)
+            log.info("learned state restored", extra={"scaler": self.name})
+
+    async def remember(self) -> None:
+        """Write what the policy learned to the state store; a failure is logged and retried later."""
+        if self._memory is None:
+            return
+        self._remembered_at = self._clock()
+        try:
+            await asyncio.to_thread(self._memory.save, self.state.learned)
+        except LearnedStateError as exc:
+            log.warning("learned state not saved", extra={"scaler": self.name, "error": str(exc)})
+
     async def run(self) -> None:
+        await self.recall()
         watchers = [
             asyncio.create_task(self._watch(named.source), name=f"watch-{self.name}-{named.name}")
             for named in self.sources
@@ -117,7 +147,9 @@ class ScalerLoop:
             await asyncio.gather(*watchers, return_exceptions=True)
 
     async def close(self) -> None:
-        """Close every source (each within a short timeout)."""
+        """Save what was learned; close every source (each within a short timeout)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.remember(), 2)
         for named in self.sources:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(named.source.close(), 2)
@@ -178,11 +210,15 @@ class ScalerLoop:
         if depth is not None:
             self.last_read_ok_at = now
         self.last_depth = depth
-        supply = self.pool.supply
+        # The pools record each grant's request-to-grant time in the metrics; the policy learns
+        # the endpoint's start-up times from them.
+        supply = replace(self.pool.supply, startups=self._metrics.take_startups(self.name))
         previous = self.last_decision
         decision = decide(observation, supply, self.policy, now, self.state)
         self.state = decision.state
         self.last_decision = decision
+        if self._memory is not None and (self._remembered_at is None or now - self._remembered_at >= REMEMBER_EVERY):
+            await self.remember()
         self._metrics.record_decision(self.name, decision)
         acts = bool(decision.open or decision.cancel or decision.close)
         # advise mode (a dry run) decides and records, never acts. The fencing check comes last:

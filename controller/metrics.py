@@ -7,6 +7,7 @@ at zero the first time it records anything, so rate() works from its first scrap
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +91,25 @@ class Metrics:
         self.ledger_writes = counter("vqs_ledger_writes_total", "Session ledger writes.")
         self.adopted = counter("vqs_sessions_adopted_total", "Sessions re-adopted from the ledger at start.")
         self.held_seconds = counter("vqs_session_seconds_total", "Session-seconds held: what the GPUs cost.")
+        # What the policy learns (controller/policy_startup.py, policy_wait.py, policy_season.py).
+        self.startup = gauge(
+            "vqs_startup_seconds", "Measured request-to-grant time of a session, by kind (resume, cold).", "kind"
+        )
+        self.startup_share = gauge(
+            "vqs_startup_share", "Share of opens granted warm (kind=warm) and of start-ups that were cold (kind=cold).", "kind"
+        )
+        self.startup_lead = gauge("vqs_startup_lead_seconds", "Lead time the policy pre-warms by (80% of start-ups).")
+        self.late_share = gauge(
+            "vqs_wait_late_share", "With wait_target: share of units that waited past the target, over wait_window."
+        )
+        self.wait_price = gauge(
+            "vqs_wait_price_seconds", "With wait_target: worker-seconds a late unit is worth, as learned."
+        )
+        self.spares = gauge("vqs_wait_spare_sessions", "With wait_target: warm spare sessions the policy keeps.")
+        self.forecast = gauge("vqs_forecast_units", "With wait_target: work the learned profile expects one lead ahead.")
+        self.forecast_weight = gauge("vqs_forecast_weight", "With wait_target: trust in the learned profile (0 to 1).")
+        # Request-to-grant seconds not yet handed to the policy, per scaler (bounded).
+        self._startups: dict[str, deque[float]] = {}
 
     def _per_scaler(self, kind: Any) -> Callable[..., Any]:
         """A constructor of `kind` metrics in this registry, labelled by scaler (and `labels`)."""
@@ -139,6 +159,21 @@ class Metrics:
         scaler = self._scaler(scaler)
         self.target_sessions.labels(scaler).set(decision.target)
         self.decisions.labels(scaler, decision_action(decision)).inc()
+        learned = decision.state.learned
+        if learned.startup.measured:
+            self.startup.labels(scaler, "resume").set(learned.startup.resume)
+            self.startup.labels(scaler, "cold").set(learned.startup.cold)
+            self.startup_share.labels(scaler, "warm").set(learned.startup.warm_share)
+            self.startup_share.labels(scaler, "cold").set(learned.startup.cold_share)
+            self.startup_lead.labels(scaler).set(learned.startup.lead)
+        terms = dict(decision.terms)
+        if learned.wait is not None:
+            self.late_share.labels(scaler).set(learned.wait.late_share)
+            self.wait_price.labels(scaler).set(learned.wait.price)
+            self.spares.labels(scaler).set(terms.get("spares", 0))
+        if "forecast" in terms:
+            self.forecast.labels(scaler).set(terms["forecast"])
+            self.forecast_weight.labels(scaler).set(terms["forecast_weight"])
 
     def watch_supply(self, scaler: str, supply: Callable[[], Supply] | None) -> None:
         """Read the sessions gauges from the pool at scrape time (None: the pool is gone, 0)."""
@@ -156,10 +191,20 @@ class Metrics:
     # -- the session pools ---------------------------------------------------------------------
 
     def session_opened(self, scaler: str, seconds: float) -> None:
-        """A session was granted `seconds` after it was requested."""
+        """A session was granted `seconds` after it was requested (also kept for the policy)."""
         scaler = self._scaler(scaler)
         self.opened.labels(scaler).inc()
         self.open_duration.labels(scaler).observe(seconds)
+        self._startups.setdefault(scaler, deque(maxlen=256)).append(seconds)
+
+    def take_startups(self, scaler: str) -> tuple[float, ...]:
+        """The request-to-grant seconds recorded since the last call: the measured start-ups."""
+        recorded = self._startups.get(scaler)
+        if not recorded:
+            return ()
+        taken = tuple(recorded)
+        recorded.clear()
+        return taken
 
     def session_closed(self, scaler: str, reason: str) -> None:
         self.closed.labels(self._scaler(scaler), reason).inc()

@@ -463,12 +463,12 @@ def _for_wait_target(
     if config.forecast and learned.profile is not None:
         lead = startup.lead + wait.poll
         service = config.seconds_per_unit or wait.service
-        expected = policy_season.expected(learned.profile, now + lead, service)
+        expected = policy_season.expected(learned.profile, now, now + lead, service)
         # A session held for a forecast unit that does not come costs its lead, a bin and the
-        # scale-down delay; the margin buys the units a Poisson count may bring beyond the mean.
+        # scale-down delay; one whose unit comes saves a late unit.
         hold = lead + config.forecast_step + config.scale_down_delay
         cap = config.max_sessions if config.forecast_max_sessions is None else config.forecast_max_sessions
-        units = math.ceil(expected) + policy_wait.margin(expected, wait.price, hold, cap) if expected else 0
+        units = policy_wait.forecast_units(expected, wait.price, hold, need + cap) if expected else 0
         ahead = policy_rate.sessions(units, config) - need
         if config.forecast_max_cost_per_hour is not None and config.price_per_session_hour is not None:
             cap = min(cap, math.floor(config.forecast_max_cost_per_hour / config.price_per_session_hour))

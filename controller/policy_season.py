@@ -1,15 +1,17 @@
 """A recurring arrival profile learned from depth readings, and the forecast it makes.
 
 The period (a day by default, or a week) is cut into bins of `step` seconds; each bin holds the
-units that arrived in it, averaged over the periods seen (each new period moves it halfway). Until
+units that arrived in it, averaged over the periods seen (each new period moves it halfway up, or
+most of the way down: a forecast that misses is the costly error). Until
 one whole period has been seen there is no forecast. The forecast for a time u is the work the
-profile expects in flight then: the units of the bins that start within one service time before
-u (a burst counts whole, a steady rate as rate x service).
+profile expects in flight then: the units of the bins that start within one service time up to u
+(a burst counts whole, a steady rate as rate x service); over a span, the most of those.
 
-A forecast that misses loses weight: after each bin the weight moves toward what arrived over what
-was forecast, by a step that grows with the units forecast (a missed batch of 30 units takes three
-quarters of it; a bin forecast at a tenth of a unit hardly moves it). A pattern that stops loses
-its weight at its first miss or two, and its bins within a period, so it stops costing. Pure.
+A forecast that misses loses weight: the weight is what arrived over what was forecast, both
+summed over past bins with older ones fading by the units forecast since (not by time, so the
+evidence keeps between batches). A missed batch of 30 units takes the weight near 0 at once; a
+trickle's bins, each forecast at a fraction of a unit, average out. A pattern that stops loses
+its weight at its first miss and its bins within a period, so it stops costing. Pure.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-#: How far one period's count moves a bin: halfway.
-_ALPHA = 0.5
-#: Forecast units that move the weight halfway to what happened.
+#: How far one period's count moves a bin: halfway up, most of the way down (a miss costs).
+_ALPHA_UP, _ALPHA_DOWN = 0.5, 0.8
+#: The weight's memory, in forecast units: evidence fades by e with every this many forecast.
 _VOLUME = 10.0
+#: Half a unit on both sides of the weight's ratio: no evidence, full trust.
+_EVEN = 0.5
 #: Bins skipped by a longer gap between readings (an outage, a restart) are left as they were.
 _MAX_GAP_BINS = 5
 
@@ -35,7 +39,13 @@ class Profile:
     values: tuple[float, ...]
     index: int  # absolute bin number (time // step) being counted
     count: float = 0.0
-    weight: float = 1.0  # how far the forecast is trusted, 0 to 1
+    forecast: float = 0.0  # units forecast for past bins, older ones weighing less
+    actual: float = 0.0  # units that arrived in those bins, weighed alike
+
+    @property
+    def weight(self) -> float:
+        """How far the forecast is trusted: what arrived over what was forecast lately, at most 1."""
+        return min(1.0, (self.actual + _EVEN) / (self.forecast + _EVEN))
 
     @property
     def ready(self) -> bool:
@@ -44,13 +54,13 @@ class Profile:
 
     def as_json(self) -> dict[str, object]:
         return {"period": self.period, "step": self.step, "started": self.started, "values": list(self.values),
-                "index": self.index, "count": self.count, "weight": self.weight}  # fmt: skip
+                "index": self.index, "count": self.count, "forecast": self.forecast, "actual": self.actual}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Profile:
         values = tuple(float(v) for v in data["values"])  # type: ignore[attr-defined]
         profile = cls(float(data["period"]), float(data["step"]), float(data["started"]), values,  # type: ignore[arg-type]
-                      int(data["index"]), float(data["count"]), float(data["weight"]))  # type: ignore[arg-type]  # fmt: skip
+                      int(data["index"]), float(data["count"]), float(data["forecast"]), float(data["actual"]))  # type: ignore[arg-type]  # fmt: skip
         if len(values) != bins(profile.period, profile.step):
             raise ValueError(f"profile: expected {bins(profile.period, profile.step)} bins, got {len(values)}")
         return profile
@@ -71,9 +81,9 @@ def update(profile: Profile | None, now: float, arrived: float, period: float, s
         if not arrived:
             return profile
         return Profile(profile.period, profile.step, profile.started, profile.values, profile.index,
-                       profile.count + arrived, profile.weight)  # fmt: skip
+                       profile.count + arrived, profile.forecast, profile.actual)  # fmt: skip
     values = list(profile.values)
-    weight = profile.weight
+    forecast_sum, actual_sum = profile.forecast, profile.actual
     ended = [(profile.index, profile.count)]
     if index - profile.index - 1 <= _MAX_GAP_BINS:
         ended += [(i, 0.0) for i in range(profile.index + 1, index)]
@@ -81,22 +91,26 @@ def update(profile: Profile | None, now: float, arrived: float, period: float, s
         phase = number % len(values)
         forecast = values[phase]
         if number * profile.step - profile.started >= profile.period:
-            if forecast > 0:
-                # Evidence in proportion to the units forecast: a missed batch of 30 moves the
-                # weight three quarters of the way, a bin forecast at 0.1 units hardly at all.
-                weight += forecast / (forecast + _VOLUME) * (min(2.0, count / forecast) - weight)
-            values[phase] += _ALPHA * (count - forecast)
+            # Older evidence fades by the units forecast since, not by time: a weight keeps until
+            # the profile forecasts again.
+            fade = math.exp(-forecast / _VOLUME)
+            forecast_sum, actual_sum = forecast_sum * fade + forecast, actual_sum * fade + count
+            values[phase] += (_ALPHA_UP if count >= forecast else _ALPHA_DOWN) * (count - forecast)
         else:
             values[phase] = count
-    weight = min(1.0, max(0.0, weight))
-    return replace(profile, values=tuple(values), index=index, count=arrived, weight=weight)
+    return replace(profile, values=tuple(values), index=index, count=arrived, forecast=forecast_sum, actual=actual_sum)
 
 
-def expected(profile: Profile | None, at: float, service: float) -> float:
-    """Units the profile expects in flight at time `at` (0 before a whole period is learned),
-    weighted by its track record."""
+def expected(profile: Profile | None, start: float, end: float, service: float) -> float:
+    """The most units the profile expects in flight at any time from `start` to `end` (0 before
+    a whole period is learned), weighted by its track record."""
     if profile is None or not profile.ready:
         return 0.0
-    first, last = math.floor((at - service) / profile.step) + 1, math.floor(at / profile.step)
-    size = len(profile.values)
-    return profile.weight * sum(profile.values[i % size] for i in range(first, last + 1))
+    size, width = len(profile.values), max(1, math.floor(service / profile.step))
+    first, last = math.floor(start / profile.step) - width + 1, math.floor(end / profile.step)
+    values = [profile.values[i % size] for i in range(first, last + 1)]
+    held = most = sum(values[:width])  # units of the bins that start within one service time
+    for leaving, coming in zip(values, values[width:], strict=False):
+        held += coming - leaving
+        most = max(most, held)
+    return profile.weight * most

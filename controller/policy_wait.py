@@ -197,12 +197,15 @@ def _spares(rate: float, price: float, poll: float, target: float, startup: Star
     return best
 
 
-def margin(expected: float, price: float, hold: float, cap: int) -> int:
-    """Sessions beyond a forecast of `expected` units worth holding: the count that arrives is
-    taken as Poisson, a session beyond it costs `hold` worker-seconds when no unit comes, and the
-    j-th one saves a late unit with chance P(N >= ceil(expected) + j)."""
-    base, count = math.ceil(expected), 0
-    while count < cap and price * _poisson_tail(expected, base + count + 1) >= hold:
+def forecast_units(expected: float, price: float, hold: float, cap: int) -> int:
+    """Sessions worth pre-warming for a forecast of `expected` units: the count that comes is
+    taken as Poisson; the j-th session serves a unit with chance P(N >= j), saving a late unit
+    (worth `price`), and else is held for nothing (`hold` worker-seconds)."""
+    count = 0
+    while count < cap:
+        chance = _poisson_tail(expected, count + 1)
+        if chance * price < (1 - chance) * hold:
+            break
         count += 1
     return count
 

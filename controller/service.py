@@ -22,6 +22,7 @@ from controller.leader import LeaderElector, LeaderError
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
 from controller.loop import NamedSource, ScalerLoop
+from controller.memory import FileMemory, Memory, RedisMemory
 from controller.metrics import Metrics
 from controller.reservations import ReservationPool
 from controller.server import MetricsServer
@@ -92,6 +93,7 @@ class Controller:
             self.metrics,
             acting=self.elector.check,
             decisions=self.decision_log,
+            memory=self._make_memory(sc.name) if sc.policy.wait_target is not None else None,
         )
         return Scaler(sc, pool, loop)
 
@@ -180,6 +182,12 @@ class Controller:
         if self.config.state_url is not None:
             return RedisLedger(str(self.config.state_url), scaler)
         return FileLedger(self.config.state_dir, scaler)
+
+    def _make_memory(self, scaler: str) -> Memory:
+        """Where a scaler's policy keeps what it learned: beside its session ledger."""
+        if self.config.state_url is not None:
+            return RedisMemory(str(self.config.state_url), scaler)
+        return FileMemory(self.config.state_dir, scaler)
 
     def _make_pool(self, sc: ScalerConfig) -> Pool:
         session = sc.session

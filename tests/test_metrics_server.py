@@ -12,8 +12,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller import __version__
+from controller.config import PolicyConfig
 from controller.metrics import Metrics
-from controller.policy import Decision, PolicyState, Supply
+from controller.policy import Decision, PolicyState, Supply, decide
 from controller.server import MetricsServer
 from controller.sources import QueueDepth
 
@@ -125,6 +126,28 @@ async def test_metrics_report_exactly_what_was_recorded(served: tuple) -> None:
     assert value(s, "vqs_ledger_writes_total", **a) == 1
     assert value(s, "vqs_sessions_adopted_total", **a) == 3
     assert value(s, "vqs_session_seconds_total", **a) == 12.5
+
+
+async def test_measured_startups_reach_the_policy_and_what_it_learns_is_exported(served: tuple) -> None:
+    metrics, _, _, base = served
+    for seconds in (0.2, 31.0, 29.0, 190.0):
+        metrics.session_opened("alpha", seconds)
+    startups = metrics.take_startups("alpha")
+    assert startups == (0.2, 31.0, 29.0, 190.0) and metrics.take_startups("alpha") == ()
+    config = PolicyConfig(max_sessions=10, wait_target="p95 10s")
+    made = decide(QueueDepth(2, 1), Supply(1, 0, startups=startups), config, 0.0, PolicyState())
+    made = decide(QueueDepth(1, 3), Supply(3, 0), config, 1.0, made.state)
+    metrics.record_decision("alpha", made)
+    s = await scrape(base)
+    learned = made.state.learned
+    assert value(s, "vqs_startup_seconds", kind="resume", scaler="alpha") == pytest.approx(learned.startup.resume)
+    assert 29 < learned.startup.resume < 31 and 190 < learned.startup.cold < 240
+    assert value(s, "vqs_startup_share", kind="warm", scaler="alpha") == pytest.approx(learned.startup.warm_share)
+    assert value(s, "vqs_startup_lead_seconds", scaler="alpha") == learned.startup.lead
+    assert learned.wait is not None
+    assert value(s, "vqs_wait_price_seconds", scaler="alpha") == pytest.approx(learned.wait.price)
+    assert value(s, "vqs_wait_spare_sessions", scaler="alpha") == dict(made.terms)["spares"]
+    assert value(s, "vqs_forecast_weight", scaler="alpha") == 1.0
 
 
 async def test_scalers_are_labelled_apart_and_start_at_zero(served: tuple) -> None:

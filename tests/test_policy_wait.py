@@ -158,10 +158,11 @@ def feed(profile: policy_season.Profile | None, start: float, end: float, batch_
 
 def test_the_profile_forecasts_a_batch_after_one_period_and_not_before() -> None:
     profile = feed(None, 0, 3000, batch_at=1000, size=30)
-    assert policy_season.expected(profile, 4600, 60) == 0  # not a whole period seen yet
+    assert policy_season.expected(profile, 4600, 4600, 60) == 0  # not a whole period seen yet
     profile = feed(profile, 3000, 4590, batch_at=1000, size=30)
-    assert policy_season.expected(profile, 4600, 60) == pytest.approx(30)  # bin 4600 = 3600 + 1000
-    assert policy_season.expected(profile, 4400, 60) == 0
+    assert policy_season.expected(profile, 4600, 4600, 60) == pytest.approx(30)  # bin 4600 = 3600 + 1000
+    assert policy_season.expected(profile, 4400, 4530, 60) == 0
+    assert policy_season.expected(profile, 4400, 4610, 60) == pytest.approx(30)  # the most over a span
 
 
 def test_a_forecast_whose_batches_stop_loses_its_weight_within_a_period() -> None:
@@ -170,7 +171,7 @@ def test_a_forecast_whose_batches_stop_loses_its_weight_within_a_period() -> Non
     profile = feed(profile, 4 * 3600, 5 * 3600, batch_at=1000, size=0)  # the batch stops
     assert profile is not None and profile.weight < 0.8
     profile = feed(profile, 5 * 3600, 8 * 3600, batch_at=1000, size=0)
-    assert policy_season.expected(profile, 8 * 3600 + 1000, 60) < 5
+    assert policy_season.expected(profile, 8 * 3600 + 1000, 8 * 3600 + 1000, 60) < 5
 
 
 def test_the_learned_state_survives_json() -> None:
@@ -252,3 +253,27 @@ def test_more_price_never_buys_fewer_spares(rate: float, low: float, factor: flo
     cheap = policy_wait.spares(WaitState(rate=rate, price=low), target, startup, 200)
     dear = policy_wait.spares(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 200)
     assert dear >= cheap
+
+
+def test_a_forecast_whose_pattern_stops_stops_costing_within_one_period() -> None:
+    period, batch_at = 600.0, 300.0
+    config = PolicyConfig(max_sessions=30, wait_target="p95 10s", forecast_period=period)
+    state, sessions = PolicyState(), 0
+
+    def play(start: float, end: float, batches: bool) -> list[int]:
+        nonlocal state, sessions
+        forecast_sessions = []
+        for second in range(int(start), int(end)):
+            since = second % period - batch_at
+            in_flight = 12 if batches and 0 <= since < 20 else 0
+            decision = decide(QueueDepth(0, in_flight), Supply(sessions, 0), config, float(second), state)
+            state, sessions = decision.state, decision.target
+            terms = dict(decision.terms)
+            forecast_sessions.append(decision.target - in_flight - int(terms["spares"]))
+        return forecast_sessions
+
+    play(0, 3 * period, batches=True)
+    learning_cost = play(3 * period, 4 * period, batches=False)  # the first missed batch: pre-warmed
+    assert max(learning_cost) >= 10
+    after = play(4 * period, 5 * period, batches=False)
+    assert max(after) == 0  # no longer pre-warmed (spares for the rate seen are another matter)
