@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", metavar="NAME", help="a policy (repeatable; default: all)")
     p.add_argument(
         "--frontier", action="store_true",
-        help="sweep our cost-for-wait settings on one --trace (default diurnal) against the KEDA "
-        "baselines; write frontier.md and frontier.png to --out (default bench)",
+        help="sweep our fixed settings and wait targets on every trace (or each --trace) against the "
+        "KEDA baselines and the oracle; write frontier.md and frontier.png to --out (default bench)",
     )  # fmt: skip
     p.add_argument(
         "--scale", action="store_true",

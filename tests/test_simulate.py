@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import controller.policy
 from controller.cli import main
 from controller.simulation import Consumer, Model, Result, Trace, World, frontier, simulate
 from controller.simulation import policies as sim_policies
-from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours
+from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours, wait_checks
 from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours
 from controller.simulation.traces import BUILT_IN, distribution, read_csv, write_csv
 
@@ -311,8 +312,29 @@ def test_checks_apply_to_the_default_and_tuned_rows_only() -> None:
     found = checks(rows)
     assert {c.policy for c in found} == {"ours", "ours-tuned"}
     assert [c.against for c in found if c.policy == "ours-tuned"] == [*BASELINES, "oracle"]
-    features = ("ours+buffer", "ours+prewarm", "ours+prewarm+buffer")
-    assert {POLICIES[name].kind for name in features} == {"feature"}
+    assert {name: POLICIES[name].target for name in POLICIES if POLICIES[name].kind == "wait"} == {
+        "ours-wait-10": 10.0, "ours-wait-30": 30.0
+    }
+
+
+def test_wait_checks_learning_against_the_oracle_the_diurnal_corner_and_domination() -> None:
+    rows = [
+        scored_after("ours-wait-10", 4.0, 11, 3.0, 10.0, "periodic-batch"),
+        scored_after("oracle", 0.5, 10, 0.0, 9.0, "periodic-batch"),
+        scored_after("keda-scaledjob", 50.0, 9, 50.0, 9.0, "periodic-batch"),
+        result("ours-wait-10", 9.0, 100, "diurnal"), result("keda-scaledobject", 13.0, 120, "diurnal"),
+        result("ours", 30.0, 150, "diurnal"),
+    ]
+    found = {(c.trace, c.policy, c.against, c.rule.split(":")[0]): c.passed for c in wait_checks(rows)}
+    # 3.0 <= 2 x 0 + 5, and 10.0 <= 1.15 x 9.0
+    assert found[("periodic-batch", "ours-wait-10", "oracle", "after the first period")]
+    assert found[("periodic-batch", "ours-wait-10", "keda-scaledjob", "not dominated (worse on both p95 and cost)")]
+    assert found[("diurnal", "ours-wait-10", "keda-scaledobject", "better p95 and cost")]
+    assert not found[("diurnal", "ours", "keda-scaledobject", "not dominated (worse on both p95 and cost)")]
+
+
+def scored_after(policy: str, p95: float, cost: float, p95_after: float, cost_after: float, trace: str) -> Result:
+    return replace(result(policy, p95, cost, trace), learning=3600.0, learned_p95=p95_after, learned_cost=cost_after)
 
 
 def test_the_tuned_row_is_one_config_for_every_trace() -> None:
@@ -323,7 +345,7 @@ def test_the_tuned_row_is_one_config_for_every_trace() -> None:
 
 
 def test_simulate_command_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    chosen = ["ours", "ours-tuned", "ours+prewarm", "keda-scaledjob"]
+    chosen = ["ours", "ours-tuned", "ours-wait-10", "keda-scaledjob"]
     policies = [f"--policy={name}" for name in chosen]
     code = main(["simulate", "--trace", "spike", *policies, "--out", str(tmp_path)])
     assert code == 0
@@ -332,7 +354,7 @@ def test_simulate_command_writes_the_report(tmp_path: Path, capsys: pytest.Captu
     assert "| trace | against | rule | ours (defaults) | ours (tuned) |" in report
     assert "- **ours (defaults)**: 0 of 1 checks pass" in report  # a cost tie with ScaledJob
     assert "- **ours (tuned)**: 1 of 1 checks pass" in report  # beats it on p95 and cost
-    assert "| ours + pre-warm (60 s/unit, 10 min) | spike | 180.9 -> 180.9 | +0.0% |" in report
+    assert "- **ours (wait_target p95 10 s)**: 1 of 1 checks pass" in report  # not dominated by ScaledJob
     assert (tmp_path / "results.png").stat().st_size > 0
     assert read_csv(tmp_path / "traces" / "spike.csv").arrivals == BUILT_IN["spike"]().arrivals
     assert "## spike" in capsys.readouterr().out
@@ -353,37 +375,45 @@ def test_simulate_command_rejects_an_unknown_policy(capsys: pytest.CaptureFixtur
 # ---- the frontier sweep --------------------------------------------------------------------------
 
 
-def scored(p95: float, cost_hours: float) -> Result:
-    return Result("t", "p", 1, 0, 0.0, p95, p95, p95, cost_hours * 3600, 0.0, 1, 0, 0.0, 1.0)
+def point(p95: float, cost_hours: float, **fields: object) -> frontier.Point:
+    return frontier.Point(dict(fields), Result("t", "p", 1, 0, 0.0, p95, p95, p95, cost_hours * 3600, 0.0, 1, 0, 0.0, 1.0))
 
 
 def test_the_pareto_front_drops_points_beaten_on_both_and_keeps_trade_offs() -> None:
-    cheap, fast, beaten, twin = scored(20, 1), scored(5, 3), scored(21, 2), scored(20, 1)
-    points = [frontier.Point({"n": i}, r) for i, r in enumerate([beaten, fast, cheap, twin])]
-    assert [p.result for p in frontier.pareto(points)] == [cheap, twin, fast]
-    assert [p.label for p in frontier.pareto(points)] == ["n 2", "n 3", "n 1"]
-    assert frontier.Point({}, cheap).label == "defaults"
+    cheap, fast, beaten, twin = point(20, 1, n=2), point(5, 3, n=1), point(21, 2, n=0), point(20, 1, n=3)
+    assert frontier.pareto([beaten, fast, cheap, twin]) == [cheap, twin, fast]
+    assert [p.label for p in frontier.pareto([beaten, fast, cheap, twin])] == ["n 2", "n 3", "n 1"]
+    assert point(1, 1).label == "defaults" and point(1, 1, wait_target={"seconds": 10}).label == "wait_target p95 10 s"
 
 
-def test_the_corner_is_scaledobjects_wait_at_scaledjobs_cost_ties_excluded() -> None:
-    marks = {frontier.WAIT_BAR: scored(10, 100), frontier.COST_BAR: scored(40, 10)}
-    assert frontier.in_corner(scored(9, 9), marks)
-    assert not frontier.in_corner(scored(9, 9.99), marks)  # within 0.5% of ScaledJob's cost: a tie
-    assert not frontier.in_corner(scored(11, 5), marks)
-    assert frontier.beats(scored(9, 9), marks[frontier.COST_BAR])
-    assert not frontier.beats(scored(9, 11), marks[frontier.COST_BAR])
+def sweep_of(fixed: list[frontier.Point], ours_10: frontier.Point, ours_30: frontier.Point) -> frontier.Sweep:
+    waits = [replace(ours_10, fields={"wait_target": {"seconds": 10.0}}), replace(ours_30, fields={"wait_target": {"seconds": 30.0}})]
+    return frontier.Sweep(Trace.of("t", []), fixed, waits, {})
 
 
-def test_simulate_frontier_sweeps_the_grid_and_writes_the_report(
+def test_the_wait_row_must_meet_a_target_some_fixed_setting_meets_at_its_cost_or_near() -> None:
+    fixed = [point(25, 1, n=0), point(9, 4, n=1), point(8, 5, n=2)]
+    cheap_enough, too_dear, too_slow = point(9.5, 4.4), point(9.5, 4.5), point(10.5, 3)
+    verdicts = frontier.verdicts([sweep_of(fixed, cheap_enough, point(20, 1))])
+    by_target = {v.target: v for v in verdicts}
+    assert by_target[10].required and by_target[10].meeting[0].label == "n 1" and by_target[10].passed
+    assert by_target[30].passed and by_target[30].cost_ratio == 1.0  # 20 s at the cheapest setting's cost
+    assert not frontier.verdicts([sweep_of(fixed, too_dear, point(20, 1))])[0].passed  # 4.5 > 1.10 x 4
+    assert not frontier.verdicts([sweep_of(fixed, too_slow, point(20, 1))])[0].passed
+    none_meets = frontier.verdicts([sweep_of([point(40, 1, n=0), point(35, 2, n=1)], too_slow, point(31, 1))])
+    assert [(v.required, v.passed, v.closest.label) for v in none_meets] == [(False, True, "n 1"), (False, True, "n 1")]
+
+
+def test_simulate_frontier_sweeps_every_trace_given_and_writes_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "few.csv"
     path.write_text("seconds,jobs,service_seconds\n0,3,60\n400,2,30\n")
     assert main(["simulate", "--frontier", "--trace", str(path), "--out", str(tmp_path)]) == 0
     report = (tmp_path / "frontier.md").read_text()
-    assert f"{len(frontier.GRID)} configs of ours" in report
-    assert report.count("\n| ") == len(frontier.GRID) + 1  # the header and one row per config
-    assert "| defaults |" in report and "| buffer_sessions 1 |" in report
+    assert f"{len(frontier.GRID)} fixed settings and {len(frontier.TARGETS)} wait targets of ours on 1 traces" in report
+    assert "| few | 10 |" in report and "| few | 30 |" in report
+    assert "| defaults |" in report and "| buffer_sessions 1 |" in report and "| **wait_target p95 10 s** |" in report
     assert (tmp_path / "frontier.png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
 
@@ -391,9 +421,8 @@ def test_simulate_frontier_sweeps_the_grid_and_writes_the_report(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--trace", "spike", "--trace", "steady"], "--frontier: sweeps one trace, got 2"),
         (["--trace", "spike", "--policy", "ours"], "--frontier: runs its own grid"),
-        (["--all"], "--frontier: sweeps one trace; drop --all"),
+        (["--all"], "--frontier: sweeps every trace (or each --trace); drop --all"),
     ],
 )
 def test_simulate_frontier_rejects_what_it_cannot_sweep(
@@ -401,3 +430,8 @@ def test_simulate_frontier_rejects_what_it_cannot_sweep(
 ) -> None:
     assert main(["simulate", "--frontier", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_simulate_scale_rejects_other_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--scale", "--trace", "spike"]) == 2
+    assert "--scale: runs every policy on the scale traces" in capsys.readouterr().err
