@@ -53,7 +53,7 @@ class WaitTarget(_Strict):
     model_config = ConfigDict(json_schema_extra={"description": f"{_WAIT_TARGET_FORM}"})
 
     quantile: float = Field(gt=0, lt=1, description="share of units that must start within `seconds`, e.g. 0.95")
-    seconds: Duration = Field(gt=0, description="the wait those units must not exceed")
+    seconds: Duration = Field(gt=0, le=DAY, description="the wait those units must not exceed")
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +158,7 @@ class PolicyConfig(_Strict):
         "unit corrected by the waits seen over wait_window (unset: off)",
     )
     wait_window: Duration = Field(
-        3600.0, gt=0, description="with wait_target: the window of observed waits that corrects the model"
+        3600.0, gt=0, le=7 * DAY, description="with wait_target: the window of observed waits that corrects the model"
     )
     forecast: bool = Field(
         True,
@@ -166,20 +166,22 @@ class PolicyConfig(_Strict):
         "and pre-warm one measured start-up ahead of forecast work",
     )
     forecast_period: Duration = Field(
-        86400.0, gt=0, description="with forecast: the period that repeats: 24h (default), or 168h for a week"
+        86400.0, gt=0, le=7 * DAY, description="with forecast: the period that repeats: 24h (default), or 168h for a week"
     )
     forecast_step: Duration = Field(
-        10.0, gt=0, description="with forecast: width of one bin of the profile (period / step bins)"
+        10.0, gt=0, le=HOUR, description="with forecast: width of one bin of the profile (period / step bins)"
     )
     forecast_max_sessions: int | None = Field(
         None,
         ge=0,
+        le=MAX_COUNT,
         description="with forecast: at most this many sessions beyond what the work asks for now "
         "(unset: max_sessions)",
     )
     forecast_max_cost_per_hour: float | None = Field(
         None,
         gt=0,
+        le=MAX_DOLLARS_PER_HOUR,
         description="with forecast: $/hour the forecast sessions may cost at most (needs price_per_session_hour)",
     )
 
