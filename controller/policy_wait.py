@@ -155,12 +155,18 @@ def update(
 def late_chances(rate: float, target: float, poll: float, startup: StartupState) -> Iterator[float]:
     """P_late(0), P_late(1), ...: the chance a unit arriving now waits longer than `target` with
     that many spares (see above); endless, falling to 0."""
+    return _chances(rate, target, poll, tuple(startup.spread()), startup.warm_share)
+
+
+def _chances(
+    rate: float, target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float
+) -> Iterator[float]:
     # Per start-up bin that can make a unit late: its share, and Poisson(mean)'s P(N = k), P(N >= k).
     bins = [[share, rate * gap, math.exp(-rate * gap), 1.0]
-            for share, seconds in startup.spread() if (gap := seconds + poll - target) > 0]  # fmt: skip
+            for share, seconds in spread if (gap := seconds + poll - target) > 0]  # fmt: skip
     count = 0
     while True:
-        yield (1 - startup.warm_share) * sum(share * tail for share, _, _, tail in bins)
+        yield (1 - warm) * sum(share * tail for share, _, _, tail in bins)
         count += 1
         for state in bins:
             share, mean, exactly, tail = state
@@ -172,19 +178,23 @@ def spares(state: WaitState, target: WaitTarget, startup: StartupState, cap: int
     """Warm spares (units) worth their cost at the learned price; at most `cap`."""
     if state.rate <= 0:
         return 0
-    # Rate and price on a 1% log grid, the poll to 50 ms: the answer is the same for nearby
-    # inputs, so it is computed once for them (a pure function's cache; ticks repeat them a lot).
+    # Rate and price on a 1% log grid, the poll to 50 ms, the start-up shares to 1%: the answer
+    # is the same for nearby inputs, so it is computed once for them (a pure function's cache;
+    # ticks repeat them a lot, and every grant nudges the start-up spread).
     rate = math.exp(round(math.log(state.rate), 2))
     price = math.exp(round(math.log(state.price), 2))
-    return _spares(rate, price, round(state.poll * 20) / 20, target.seconds, startup, cap)
+    spread = tuple((round(share, 2), seconds) for share, seconds in startup.spread() if share >= 0.005)
+    return _spares(rate, price, round(state.poll * 20) / 20, target.seconds, spread, round(startup.warm_share, 2), cap)
 
 
 @lru_cache(maxsize=4096)
-def _spares(rate: float, price: float, poll: float, target: float, startup: StartupState, cap: int) -> int:
+def _spares(
+    rate: float, price: float, poll: float, target: float, spread: tuple[tuple[float, float], ...], warm: float, cap: int
+) -> int:
     # Most net worth: late units saved per second x price - spares. Not the first k whose next
     # spare saves too little: with many arrivals per start-up the first spares save almost
     # nothing, and only enough of them do (P_late is not convex in k).
-    chances = late_chances(rate, target, poll, startup)
+    chances = _chances(rate, target, poll, spread, warm)
     first = next(chances)
     best, best_worth = 0, 0.0
     for count in range(1, cap + 1):
@@ -202,12 +212,28 @@ def forecast_units(expected: float, price: float, hold: float, cap: int) -> int:
     taken as Poisson; the j-th session serves a unit with chance P(N >= j), saving a late unit
     (worth `price`), and else is held for nothing (`hold` worker-seconds)."""
     count = 0
-    while count < cap:
-        chance = _poisson_tail(expected, count + 1)
-        if chance * price < (1 - chance) * hold:
+    for chance in _poisson_tails(expected):
+        if count >= cap or chance * price < (1 - chance) * hold:
             break
         count += 1
     return count
+
+
+def _poisson_tails(mean: float) -> Iterator[float]:
+    """P(N >= 1), P(N >= 2), ... for N ~ Poisson(mean), each from the last (falls to 0)."""
+    if mean > 500:
+        # exp(-mean) would underflow: the normal approximation, with a continuity correction.
+        deviation = math.sqrt(mean)
+        k = 1
+        while True:
+            yield 0.5 * math.erfc((k - 0.5 - mean) / deviation / math.sqrt(2))
+            k += 1
+    exactly, tail, k = math.exp(-mean), 1.0, 0
+    while True:
+        tail = max(0.0, tail - exactly)  # P(N >= k + 1)
+        k += 1
+        exactly *= mean / k
+        yield tail
 
 
 def _poisson_tail(mean: float, k: int) -> float:
