@@ -98,7 +98,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         return run_cli(
             everything=args.all, traces=args.trace, policies=args.policy, out=args.out,
-            frontier=args.frontier, scale=args.scale,
+            frontier=args.frontier, week=args.week,
         )
     except ValueError as exc:
         return _fail(str(exc))
@@ -176,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "KEDA baselines and the oracle; write frontier.md and frontier.png to --out (default bench)",
     )  # fmt: skip
     p.add_argument(
-        "--scale", action="store_true",
-        help="every policy on the week-long scale trace, each in its own process, with its wall "
-        "time and peak memory; write scale.md to --out (default bench)",
+        "--week", action="store_true",
+        help="every policy on the week-long trace, each in its own process, with its wall "
+        "time and peak memory; write week.md to --out (default bench)",
     )  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all, --frontier or --scale: bench)")
+    p.add_argument("--out", metavar="DIR", help="write the report here (default with --all, --frontier or --week: bench)")
     p.set_defaults(func=_cmd_simulate)
 
     return parser

@@ -433,5 +433,5 @@ def test_simulate_frontier_rejects_what_it_cannot_sweep(
 
 
 def test_simulate_scale_rejects_other_choices(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--scale", "--trace", "spike"]) == 2
-    assert "--scale: runs every policy on the scale traces" in capsys.readouterr().err
+    assert main(["simulate", "--week", "--trace", "spike"]) == 2
+    assert "--week: runs every policy on the week-long traces" in capsys.readouterr().err

@@ -30,19 +30,19 @@ HOUR = 3600.0
 
 def run_cli(
     *, everything: bool, traces: list[str] | None, policies: list[str] | None, out: str | None,
-    frontier: bool = False, scale: bool = False,
+    frontier: bool = False, week: bool = False,
 ) -> int:
     """Run the chosen traces x policies (all with `everything`) and report; 0 when done.
     With `frontier`, sweep our settings on the traces instead (controller/simulation/frontier.py);
-    with `scale`, every policy on the week-long trace (controller/simulation/scale.py)."""
-    if scale:
+    with `week`, every policy on the week-long trace (controller/simulation/week.py)."""
+    if week:
         if everything or traces or policies or frontier:
-            raise ValueError("--scale: runs every policy on the scale traces; drop --all, --trace, --policy, --frontier")
-        from controller.simulation.scale import run_cli as at_scale
+            raise ValueError("--week: runs every policy on the week-long traces; drop --all, --trace, --policy, --frontier")
+        from controller.simulation.week import run_cli as over_a_week
 
         folder = Path(out or "bench")
-        print(at_scale(folder))
-        print(f"wrote {folder / 'scale.md'}")
+        print(over_a_week(folder))
+        print(f"wrote {folder / 'week.md'}")
         return 0
     if frontier:
         if everything:

@@ -245,5 +245,5 @@ BUILT_IN: dict[str, Callable[[], Trace]] = {
     "multi-day": multi_day,
     "periodic-batch": periodic_batch,
 }
-#: Traces for `simulate --scale` only: too long for the benchmark's minute.
+#: Traces for `simulate --week` only: too long for the benchmark's minute.
 SCALE: dict[str, Callable[[], Trace]] = {"week": week}
