@@ -15,9 +15,9 @@ from Crypto.Signature import pkcs1_15
 from emulator_support import call, endpoint_state, max_concurrent_per_worker, sdk, workers_by_state
 from support import eventually
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
-FAST = {"cold_start_seconds": 0.5, "inactivity_timeout": 2.0, "inactive_destroy_seconds": 1.0}
+FAST = {**RECOMMENDED_ENDPOINT, "cold_start_seconds": 0.5, "inactivity_timeout": 2.0, "inactive_destroy_seconds": 1.0}
 
 
 @pytest.fixture(params=["inprocess", "process"])
