@@ -108,7 +108,7 @@ class EmulatorConfig(_Model):
     report_interval: float = Field(default=10.0, gt=0)
     # Vast's web API (endptjobs) per route and key; None = unlimited.
     web_api_rate_limit: RateLimit | None = Field(default_factory=lambda: RateLimit(per_second=1.0, burst=5))
-    seed: int | None = None  # placement, scale-down choice and resume failures (None: unseeded)
+    seed: int | None = 0  # placement, scale-down choice and resume failures (None: unseeded)
     clock_offset_seconds: float = 0.0  # the emulator's clock runs this far ahead (in-process workers)
     lenient: Lenient = Field(default_factory=Lenient)
     price_per_hour: float = Field(default=0.50, ge=0)

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from harness import API_KEY, count, scaler_config, wait_for
 from support import free_port
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
 POLL = 0.5
@@ -53,7 +53,7 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
         "env": {"RESULTS_KEY": results, "HEALTH_PORT": "0"},
     }
     async with running_emulator(
-        api_key=API_KEY, workers="process", cold_start_seconds=1.0, inactivity_timeout=10, consumer=consumer
+        api_key=API_KEY, workers="process", **RECOMMENDED_ENDPOINT, cold_start_seconds=1.0, consumer=consumer
     ) as emulator:
         port = free_port()
         config = scaler_config(emulator, queue.source_url, callback_url=f"http://127.0.0.1:{port}")
