@@ -262,6 +262,7 @@ class Routes:
                 "params": {**endpoint.public_params(), **knobs}, "workers": engine.worker_views(),
                 "billing": engine.billing(now), "waiting": sorted(engine.waiting),
                 "deleted_request_idxs": list(engine.deleted), "resume_failures": engine.resume_failures,
+                "worker_log": list(engine.worker_log),
             })  # fmt: skip
         return {"time": now, "workers_kind": self.pool.kind_name, "worker_flavor": self.config.worker_flavor,
                 "endpoints": endpoints, "session_log": list(self.pool.events),

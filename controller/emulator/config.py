@@ -42,6 +42,9 @@ class ConsumerConfig(_Model):
     command: str = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     queue_url: str | None = None  # given to the consumer as QUEUE_URL
+    # Process workers: the consumer serves GET /health on HEALTH_PORT and the worker's
+    # BACKEND_HEALTH_URL points at it, as on an instance (the worker is ready once it answers).
+    health: bool = False
 
 
 class RateLimit(_Model):

@@ -20,8 +20,9 @@ their report says so). While loading + ready < A, stopped workers resume (resume
 resume fails with probability resume_failure: the stopped instance is gone and a new worker is
 created instead), then new workers are created (cold_start_seconds); more are created while the
 total is below T (they load, then stop: Vast's cold workers). While loading + ready > A, ready
-workers holding no session or grant stop at once, chosen at random (Vast stops the worst
-price-performance first; emulated workers all have one price). Stopped workers beyond T are
+workers that have held no session or grant for LOAD_REPORT_SECONDS (the library's report of it)
+stop, chosen at random (Vast stops the worst price-performance first; emulated workers all have
+one price). Stopped workers beyond T are
 destroyed after inactive_destroy_seconds. A crashed worker shows as `error` for a few seconds,
 then is destroyed.
 
@@ -62,6 +63,9 @@ WAITING_SECONDS = 6.0
 #: ago, else it is a new waiting route: the count follows the number of clients that wait.
 REPOLL_SECONDS = 0.1
 FIRST_REPORT_SECONDS = 1.0  # the worker library's first status report after it starts
+#: A change of load (a session ended) reaches Vast with the library's next report, within a second:
+#: only then can a worker be seen idle and stopped.
+LOAD_REPORT_SECONDS = 1.0
 ERROR_LINGER_SECONDS = 5.0
 DELETED_KEPT = 1000
 
@@ -213,6 +217,7 @@ class Engine:
         self.waiting_since: float | None = None  # routes have been waiting since (None: none wait)
         self.last_demand: float | None = None  # last tick with any demand (None: never)
         self.resume_failures = 0
+        self.worker_log: deque[dict[str, Any]] = deque(maxlen=DELETED_KEPT * 10)  # state changes
         self.deleted: deque[int] = deque(maxlen=DELETED_KEPT)
         self._grant_owner: dict[int, int] = {}
         self._billed = Billing()
@@ -418,8 +423,7 @@ class Engine:
             if worker.used:
                 worker.last_busy = now
             if worker.state == ERROR and now - worker.since >= ERROR_LINGER_SECONDS:
-                del self.workers[worker.id]
-                actions.append(Action("destroy", worker.id))
+                actions.append(self._destroy(worker, now, "destroyed"))
         self.waiting = {i: e for i, e in self.waiting.items() if now - e.last_seen <= WAITING_SECONDS}
         if not self.waiting:
             self.waiting_since = None
@@ -433,9 +437,7 @@ class Engine:
             if self.rng.random() < self._resume_failure():
                 # A stopped instance holds no GPU: someone else took it. The instance is given up.
                 self.resume_failures += 1
-                self._bill(worker, now)
-                del self.workers[worker.id]
-                actions.append(Action("destroy", worker.id))
+                actions.append(self._destroy(worker, now, "resume_failed"))
                 continue
             self._boot(worker, now, resume=True)
             actions.append(Action("resume", worker.id))
@@ -463,9 +465,7 @@ class Engine:
         if surplus > 0:
             old = [w for w in live if w.state == INACTIVE and now - w.since >= self.destroy_after]
             for worker in sorted(old, key=lambda w: w.since)[:surplus]:
-                self._bill(worker, now)
-                del self.workers[worker.id]
-                actions.append(Action("destroy", worker.id))
+                actions.append(self._destroy(worker, now, "destroyed"))
         return actions
 
     def _active(self) -> list[Worker]:
@@ -473,7 +473,7 @@ class Engine:
 
     def _idle_enough(self, worker: Worker, now: float) -> bool:
         seconds = self.lenient.worker_idle_seconds
-        return seconds is None or now - worker.last_busy >= seconds
+        return now - worker.last_busy >= (LOAD_REPORT_SECONDS if seconds is None else max(seconds, LOAD_REPORT_SECONDS))
 
     def _resume_failure(self) -> float:
         override = self._resume_failure_override()
@@ -503,6 +503,13 @@ class Engine:
     def _set_state(self, worker: Worker, state: str, now: float) -> None:
         self._bill(worker, now)
         worker.state, worker.since = state, now
+        self.worker_log.append({"t": now, "worker_id": worker.id, "state": SDK_STATUS[state]})
+
+    def _destroy(self, worker: Worker, now: float, why: str) -> Action:
+        self._bill(worker, now)
+        del self.workers[worker.id]
+        self.worker_log.append({"t": now, "worker_id": worker.id, "state": why})
+        return Action("destroy", worker.id)
 
     def _bill(self, worker: Worker, now: float) -> None:
         self._billed.add(worker.state, max(0.0, now - worker.billed_until))

@@ -87,7 +87,7 @@ class ProcessKind:
         process = NullWorkerProcess(
             worker.id, self.pool.report_addr, flavor=self.pool.config.worker_flavor,
             consumer=consumer.command if consumer else None, queue_url=consumer.queue_url if consumer else None,
-            consumer_env=consumer.env if consumer else None,
+            consumer_env=consumer.env if consumer else None, consumer_health=bool(consumer and consumer.health),
             env={"EMULATOR_EVENTS_URL": f"{self.pool.report_addr}/_emulator/worker_events/",
                  "MAX_RESERVATION_SECONDS": str(self.pool.config.max_reservation_seconds),
                  **({"EMULATOR_EARLY_READINESS": "1"} if self.pool.config.lenient.early_readiness else {})},

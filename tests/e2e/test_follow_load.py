@@ -50,7 +50,8 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
     consumer = {
         "command": f"{sys.executable} {CONSUMER}",
         "queue_url": queue.source_url,
-        "env": {"RESULTS_KEY": results, "HEALTH_PORT": "0"},
+        "env": {"RESULTS_KEY": results},
+        "health": True,
     }
     async with running_emulator(
         api_key=API_KEY, workers="process", **RECOMMENDED_ENDPOINT, cold_start_seconds=1.0, consumer=consumer
