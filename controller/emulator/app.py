@@ -353,7 +353,8 @@ class RateLimiter:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             name = getattr(request.match_info.route, "name", None)
-            if name in WEB_API_ROUTES and not self.allow(name, "|".join(map(str, _given_keys(request)))):
+            identity = "|".join(sorted({str(key) for key in _given_keys(request)}))
+            if name in WEB_API_ROUTES and not self.allow(name, identity):
                 return _error(429, "API requests too frequent")
             return await handler(request)
 
