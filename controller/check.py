@@ -82,7 +82,7 @@ def format_table(readings: list[Reading]) -> str:
 async def endpoint_report(vast: VastClient, name: str) -> tuple[bool, str]:
     """(readable, one line) about one endpoint's parameters."""
     try:
-        params = await vast.endpoint(name).fetch()
+        params = await vast.endpoint(name).parameters()
     except VastError as exc:
         return False, f"endpoint {name}: ERROR: cannot read its parameters: {exc}"
     found = mismatches(params)

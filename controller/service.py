@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: SIGTERM to exit: Kubernetes waits 30 s by default; we promise 15.
 SHUTDOWN_BUDGET = 12.0
+#: At the start of a term, endpoint parameters fetched this recently (by the first open) are used.
+START_CHECK_MAX_AGE = 60.0
 
 
 Pool = SessionPool | ReservationPool
@@ -184,11 +186,12 @@ class Controller:
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
 
-    async def _check_endpoint(self, scaler: Scaler) -> None:
+    async def _check_endpoint(self, scaler: Scaler, max_age: float = 0.0) -> None:
         """Read the endpoint's parameters; say once which differ from what sessions-equal-work needs."""
         name = scaler.config.name
         try:
-            params = await scaler.endpoint.fetch()
+            # At start the first open may have just fetched it; on SIGHUP it is read anew.
+            params = await scaler.endpoint.parameters(max_age=max_age)
         except VastError as exc:
             log.warning("cannot read the endpoint's parameters", extra={"scaler": name, "error": str(exc)})
             return
@@ -299,7 +302,8 @@ class Controller:
             log.warning("lost leadership; sessions are left to the next leader")
 
     async def _run_scaler(self, scaler: Scaler) -> None:
-        check = asyncio.create_task(self._check_endpoint(scaler), name=f"endpoint-check-{scaler.config.name}")
+        check = asyncio.create_task(self._check_endpoint(scaler, max_age=START_CHECK_MAX_AGE),
+                                    name=f"endpoint-check-{scaler.config.name}")  # fmt: skip
         await _adopt(scaler)
         callbacks = scaler.config.session.callback_url is not None
         await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks), check)

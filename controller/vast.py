@@ -149,15 +149,15 @@ class VastEndpoint:
 
     async def _get(self) -> Any:
         """The SDK Endpoint to route with: fetched at first use, renewed every RENEW_SECONDS."""
-        if self._fresh() or (self._endpoint is not None and self._clock() < self._retry_at):
+        if self._fresh(RENEW_SECONDS) or (self._endpoint is not None and self._clock() < self._retry_at):
             return self._endpoint
         async with self._fetching:  # one fetch at a time; the others use its result
-            if not self._fresh():
+            if not self._fresh(RENEW_SECONDS):
                 await self._fetch_or_keep()
         return self._endpoint
 
-    def _fresh(self) -> bool:
-        return self._endpoint is not None and self._clock() - self._fetched_at < RENEW_SECONDS
+    def _fresh(self, seconds: float) -> bool:
+        return self._endpoint is not None and self._clock() - self._fetched_at < seconds
 
     async def _fetch_or_keep(self) -> None:
         if self._clock() < self._retry_at and self._last_error is not None:
@@ -165,7 +165,7 @@ class VastEndpoint:
                 raise self._last_error
             return
         try:
-            await self.fetch()
+            await self._fetch()
         except VastError as exc:
             self._last_error = exc
             base, cap = (RENEW_RETRY, RENEW_RETRY_CAP) if self._endpoint else (FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP)
@@ -177,8 +177,16 @@ class VastEndpoint:
             log.warning("could not renew the Vast endpoint; using the one fetched earlier",
                         extra={"endpoint": self.name, "error": str(exc)})  # fmt: skip
 
-    async def fetch(self) -> dict[str, Any]:
-        """Fetch the endpoint from Vast's web API now; its parameters (None: unset)."""
+    async def parameters(self, max_age: float = 0.0) -> dict[str, Any]:
+        """The endpoint's parameters as Vast lists them (None: unset), fetched unless one fetched
+        within `max_age` seconds is at hand; the fetch also renews the SDK Endpoint."""
+        async with self._fetching:
+            if not self._fresh(max_age):
+                await self._fetch()
+            config = self._endpoint.data.config
+        return {name: getattr(config, name, None) for name in PARAMETERS}
+
+    async def _fetch(self) -> None:
         try:
             endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), FETCH_TIMEOUT)
         except asyncio.CancelledError:
@@ -187,9 +195,7 @@ class VastEndpoint:
             if "could not be found" in str(exc):
                 raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
             raise _classify(exc) from None
-        self._endpoint, self._fetched_at, self._failures = endpoint, self._clock(), 0
-        config = endpoint.data.config
-        return {name: getattr(config, name, None) for name in PARAMETERS}
+        self._endpoint, self._fetched_at, self._failures, self._retry_at = endpoint, self._clock(), 0, 0.0
 
     def _for_sessions(self) -> Any:
         return self._endpoint if self._endpoint is not None else self._offline

@@ -12,7 +12,8 @@
 - `GET /_emulator/state`; `GET|POST /_emulator/faults` (POST needs the account key).
 Bad keys answer 401, unknown endpoints or workers 404, malformed bodies 422, always as JSON. The
 web API is rate-limited per route and key (`web_api_rate_limit`): 429 "API requests too
-frequent", no Retry-After. `/_emulator/state` counts the calls per route (`requests`).
+frequent", no Retry-After. `/_emulator/state` counts the calls per route (`requests`) and the
+most ever under way at once (`peak_in_flight`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class Routes:
         self.signer = signer
         self.created_at = pool.clock()
         self.requests: Counter[str] = Counter()  # calls per route name, refused ones included
+        self.in_flight: Counter[str] = Counter()  # calls under way per route name
+        self.peak_in_flight: Counter[str] = Counter()  # the most ever under way at once
 
     def table(self) -> list[web.RouteDef]:
         return [
@@ -266,7 +269,8 @@ class Routes:
             })  # fmt: skip
         return {"time": now, "workers_kind": self.pool.kind_name, "worker_flavor": self.config.worker_flavor,
                 "endpoints": endpoints, "session_log": list(self.pool.events),
-                "faults": self.faults.as_dict(), "requests": dict(self.requests)}  # fmt: skip
+                "faults": self.faults.as_dict(), "requests": dict(self.requests),
+                "peak_in_flight": dict(self.peak_in_flight)}  # fmt: skip
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
@@ -313,14 +317,20 @@ def _breakdown(engine: Engine) -> str:
 
 
 def counting(routes: Routes) -> Callable:
-    """Middleware: count every call by route name (what tests check the SDK did)."""
+    """Middleware: count every call, and the most under way at once, by route name (what tests check)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         name = getattr(request.match_info.route, "name", None)
-        if name is not None:
-            routes.requests[name] += 1
-        return await handler(request)
+        if name is None:
+            return await handler(request)
+        routes.requests[name] += 1
+        routes.in_flight[name] += 1
+        routes.peak_in_flight[name] = max(routes.peak_in_flight[name], routes.in_flight[name])
+        try:
+            return await handler(request)
+        finally:
+            routes.in_flight[name] -= 1
 
     return middleware
 

@@ -251,7 +251,7 @@ async def test_the_web_api_is_rate_limited_without_retry_after(kind):
         assert (await call("GET", f"{emu.url}/api/v0/endptjobs/", headers=other_key))[0] == 401, "per key"
         async with controller_endpoint(emu) as endpoint:
             with pytest.raises(VastError) as limited:
-                await endpoint.fetch()
+                await endpoint.parameters()
             assert limited.value.kind == "rate_limited"
 
 
