@@ -256,6 +256,16 @@ def test_stopped_workers_resume_before_new_ones_are_created():
     assert isinstance(engine.route(31.5, 0, 100), Ready)
 
 
+def test_an_idle_worker_stops_a_report_after_its_session_ends_or_later_when_lenient():
+    for lenient, stops_at in ((None, 9.0), ({"worker_idle_seconds": 5.0}, 13.0)):
+        engine = make(inactivity_timeout=0, lenient=lenient)
+        worker_id, session_id = session_on_ready_worker(engine)
+        engine.tick(7.9)
+        engine.close_session(worker_id, session_id, 8.0, "end")
+        assert engine.tick(stops_at - 0.1) == [], lenient
+        assert engine.tick(stops_at) == [Action("stop", worker_id)], lenient
+
+
 def test_a_resume_can_fail_and_a_new_worker_cold_starts_instead():
     engine = make(resume_failure=1.0)
     worker_id, session_id = session_on_ready_worker(engine)
