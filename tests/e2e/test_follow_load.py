@@ -50,7 +50,9 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
     consumer = {
         "command": f"{sys.executable} {CONSUMER}",
         "queue_url": queue.source_url,
-        "env": {"RESULTS_KEY": results},
+        # No spare (cold) workers on this endpoint (RECOMMENDED_ENDPOINT): a short wait after
+        # readiness is enough for Vast to stop a worker it did not want.
+        "env": {"RESULTS_KEY": results, "READY_SETTLE_SECONDS": "2"},
         "health": True,
     }
     async with running_emulator(
