@@ -50,9 +50,7 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
     consumer = {
         "command": f"{sys.executable} {CONSUMER}",
         "queue_url": queue.source_url,
-        # No spare (cold) workers on this endpoint (RECOMMENDED_ENDPOINT): a short wait after
-        # readiness is enough for Vast to stop a worker it did not want.
-        "env": {"RESULTS_KEY": results, "READY_SETTLE_SECONDS": "2"},
+        "env": {"RESULTS_KEY": results},
         "health": True,
     }
     async with running_emulator(
@@ -62,6 +60,9 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
         config = scaler_config(emulator, queue.source_url, callback_url=f"http://127.0.0.1:{port}")
         config["scalers"][0]["poll_interval"] = POLL
         config["scalers"][0]["policy"]["scale_down_delay"] = 0
+        # A fresh worker's consumer waits for Vast to have seen it ready (READY_SETTLE_SECONDS), so
+        # at the peak more units wait than the endpoint's 20 workers: no policy cap below the work.
+        config["scalers"][0]["policy"]["max_sessions"] = 40
         controller = await controllers({**config, "metrics_port": port}).start()
 
         produced: list[tuple[float, str]] = []
