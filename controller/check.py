@@ -1,4 +1,5 @@
-"""`check`: read every scaler's source once and print one table row per scaler."""
+"""`check`: read every scaler's source once and print one table row per scaler; then, given a
+Vast client, each endpoint's parameters that differ from what sessions-equal-work needs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from controller.config import Config, ScalerConfig
+from controller.endpoint_params import mismatches
 from controller.masking import redact
 from controller.sources import QueueDepth, from_url
+from controller.vast import VastClient, VastError
 
 #: A read that takes longer than this counts as failed (sources have their own, shorter timeouts).
 READ_TIMEOUT_SECONDS = 15.0
@@ -76,8 +79,20 @@ def format_table(readings: list[Reading]) -> str:
     return "\n".join(line(row) + note for row, note in zip(rows, notes, strict=True))
 
 
-async def check(config: Config, out: TextIO | None = None) -> int:
-    """Read every source once, concurrently; 0 when all answered, 1 otherwise."""
+async def endpoint_report(vast: VastClient, name: str) -> tuple[bool, str]:
+    """(readable, one line) about one endpoint's parameters."""
+    try:
+        params = await vast.endpoint(name).parameters()
+    except VastError as exc:
+        return False, f"endpoint {name}: ERROR: cannot read its parameters: {exc}"
+    found = mismatches(params)
+    if not found:
+        return True, f"endpoint {name}: parameters as recommended"
+    return True, f"endpoint {name}: " + "; ".join(map(str, found))
+
+
+async def check(config: Config, out: TextIO | None = None, vast: VastClient | None = None) -> int:
+    """Read every source (and with `vast`, every endpoint) once, concurrently; 0 when all answered."""
     out = out or sys.stdout
     readings = list(
         await asyncio.gather(*(read_source(s, spec.url) for s in config.scalers for spec in s.source_specs))
@@ -86,8 +101,17 @@ async def check(config: Config, out: TextIO | None = None) -> int:
     missing = sum(reading.depth is not None and reading.depth.missing is not None for reading in readings)
     print(format_table(readings), file=out)
     total = len(readings)
-    if failed:
-        print(f"\n{failed} of {total} source{'s' * (total != 1)} failed", file=out)
+    unreadable = 0
+    if vast is not None:
+        names = sorted({s.endpoint for s in config.scalers})
+        reports = await asyncio.gather(*(endpoint_report(vast, name) for name in names))
+        print("", *(line for _, line in reports), sep="\n", file=out)
+        unreadable = sum(not readable for readable, _ in reports)
+    problems = [f"{failed} of {total} source{'s' * (total != 1)} failed"] if failed else []
+    if unreadable:
+        problems.append(f"{unreadable} endpoint{'s' * (unreadable != 1)} unreadable")
+    if problems:
+        print(f"\n{'; '.join(problems)}", file=out)
         return 1
     warned = f" ({missing} read as empty: see WARNING)" if missing else ""
     print(f"\nconfig ok; {total} source{'s' * (total != 1)} read{warned}", file=out)

@@ -51,8 +51,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     from controller.check import check
+    from controller.vast import VastClient
 
-    return asyncio.run(check(config))
+    async def checked() -> int:
+        vast = VastClient(config.vast.api_key.get_secret_value(), webserver_url=config.vast.webserver_url,
+                          autoscaler_url=config.vast.autoscaler_url)  # fmt: skip
+        try:
+            return await check(config, vast=vast)
+        finally:
+            await vast.close()
+
+    return asyncio.run(checked())
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

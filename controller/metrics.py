@@ -82,6 +82,15 @@ class Metrics:
         self.open_failures = counter(
             "vqs_session_open_failures_total", "Failed open attempts (each is retried), by reason.", "reason"
         )
+        self.reroutes = counter(
+            "vqs_session_reroutes_total",
+            "Routes again within an open: a worker refused the session (429 when full, 5xx) or was unreachable.",
+        )
+        self.endpoint_mismatch = gauge(
+            "vqs_endpoint_parameter_mismatch",
+            "1 while the endpoint's parameter differs from what sessions-equal-work needs (see `check`).",
+            "parameter",
+        )
         self.open_duration = histogram(
             "vqs_session_open_duration_seconds", "Request to grant: the cold start.", buckets=OPEN_BUCKETS
         )
@@ -123,7 +132,7 @@ class Metrics:
         """Create a scaler's series at zero on first sight."""
         if scaler not in self._scalers:
             self._scalers.add(scaler)
-            plain = (self.read_errors, self.opened, self.ledger_writes, self.adopted, self.held_seconds)
+            plain = (self.read_errors, self.opened, self.ledger_writes, self.adopted, self.held_seconds, self.reroutes)
             for counter in plain:
                 counter.labels(scaler)
             for labelled, values in (
@@ -211,6 +220,15 @@ class Metrics:
 
     def session_open_failed(self, scaler: str, reason: str) -> None:
         self.open_failures.labels(self._scaler(scaler), reason).inc()
+
+    def session_rerouted(self, scaler: str) -> None:
+        self.reroutes.labels(self._scaler(scaler)).inc()
+
+    def endpoint_parameters(self, scaler: str, mismatched: dict[str, bool]) -> None:
+        """Per checked parameter: whether it differs from the recommended value."""
+        scaler = self._scaler(scaler)
+        for parameter, differs in mismatched.items():
+            self.endpoint_mismatch.labels(scaler, parameter).set(1 if differs else 0)
 
     def keepalive(self, scaler: str, result: str) -> None:
         self.keepalives.labels(self._scaler(scaler), result).inc()

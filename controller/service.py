@@ -18,6 +18,7 @@ from controller.config import Config, ScalerConfig
 from controller.config_load import ConfigError
 from controller.decisions import DecisionLog
 from controller.elector import make_elector
+from controller.endpoint_params import RULES, Mismatch, mismatches
 from controller.leader import LeaderElector, LeaderError
 from controller.ledger import FileLedger, Ledger, LedgerError, RedisLedger
 from controller.logs import setup_logging
@@ -28,12 +29,14 @@ from controller.reservations import ReservationPool
 from controller.server import MetricsServer
 from controller.sessions import SessionPool
 from controller.sources import Source, from_url
-from controller.vast import VastClient
+from controller.vast import VastClient, VastEndpoint, VastError
 
 log = logging.getLogger(__name__)
 
 #: SIGTERM to exit: Kubernetes waits 30 s by default; we promise 15.
 SHUTDOWN_BUDGET = 12.0
+#: At the start of a term, endpoint parameters fetched this recently (by the first open) are used.
+START_CHECK_MAX_AGE = 60.0
 
 
 Pool = SessionPool | ReservationPool
@@ -44,6 +47,7 @@ class Scaler:
     config: ScalerConfig
     pool: Pool
     loop: ScalerLoop
+    endpoint: VastEndpoint
 
 
 class Controller:
@@ -68,6 +72,9 @@ class Controller:
         # Admin changes outlive a leadership term: each term's loops start from them.
         self._paused = {sc.name: sc.policy.paused for sc in config.scalers}
         self._modes = {sc.name: sc.policy.mode for sc in config.scalers}
+        # The endpoint parameter mismatches last reported per scaler: each is said once.
+        self._reported: dict[str, list[Mismatch]] = {}
+        self._checks: set[asyncio.Task[None]] = set()
         self.server = MetricsServer(
             self.metrics,
             config.metrics_host,
@@ -82,7 +89,8 @@ class Controller:
             source = from_url(sc.source or "")
         else:
             source = [NamedSource(spec.label, from_url(spec.url), spec.weight, spec.reserve) for spec in sc.sources]
-        pool = self._make_pool(sc)
+        endpoint = self.vast.endpoint(sc.endpoint)
+        pool = self._make_pool(sc, endpoint)
         self.metrics.watch_supply(sc.name, lambda: pool.supply)
         loop = ScalerLoop(
             sc.name,
@@ -95,7 +103,7 @@ class Controller:
             decisions=self.decision_log,
             memory=self._make_memory(sc.name) if sc.policy.wait_target is not None else None,
         )
-        return Scaler(sc, pool, loop)
+        return Scaler(sc, pool, loop, endpoint)
 
     # -- the admin API (controller.admin.ScalerControl) ----------------------------------------
 
@@ -175,6 +183,33 @@ class Controller:
             log.info("config reloaded", extra={"scaler": sc.name, "mode": sc.policy.mode})
         if set(running) != {sc.name for sc in new.scalers}:
             log.warning("config reload: scalers were added or removed; restart to apply")
+        for scaler in self.scalers.values():  # the endpoints may have been edited in the console too
+            task = asyncio.create_task(self._check_endpoint(scaler), name=f"endpoint-check-{scaler.config.name}")
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    async def _check_endpoint(self, scaler: Scaler, max_age: float = 0.0) -> None:
+        """Read the endpoint's parameters; say once which differ from what sessions-equal-work needs."""
+        name = scaler.config.name
+        try:
+            # At start the first open may have just fetched it; on SIGHUP it is read anew.
+            params = await scaler.endpoint.parameters(max_age=max_age)
+        except VastError as exc:
+            log.warning("cannot read the endpoint's parameters", extra={"scaler": name, "error": str(exc)})
+            return
+        found = mismatches(params)
+        differ = {m.field for m in found}
+        self.metrics.endpoint_parameters(name, {field: field in differ for field in RULES})
+        if found == self._reported.get(name, []):
+            return
+        self._reported[name] = found
+        if found:
+            log.warning(
+                "the endpoint's parameters differ from what sessions-equal-work needs",
+                extra={"scaler": name, "endpoint": scaler.config.endpoint, "mismatches": "; ".join(map(str, found))},
+            )
+        else:
+            log.info("the endpoint's parameters are as recommended", extra={"scaler": name})
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -189,9 +224,8 @@ class Controller:
             return RedisMemory(str(self.config.state_url), scaler)
         return FileMemory(self.config.state_dir, scaler)
 
-    def _make_pool(self, sc: ScalerConfig) -> Pool:
+    def _make_pool(self, sc: ScalerConfig, endpoint: VastEndpoint) -> Pool:
         session = sc.session
-        endpoint = self.vast.endpoint(sc.endpoint)
         if session.reservation == "reserve":
             return ReservationPool(
                 sc.name,
@@ -276,9 +310,11 @@ class Controller:
             log.warning("lost leadership; sessions are left to the next leader")
 
     async def _run_scaler(self, scaler: Scaler) -> None:
+        check = asyncio.create_task(self._check_endpoint(scaler, max_age=START_CHECK_MAX_AGE),
+                                    name=f"endpoint-check-{scaler.config.name}")  # fmt: skip
         await _adopt(scaler)
         callbacks = scaler.config.session.callback_url is not None
-        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks))
+        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks), check)
 
     async def _end_term(self, *, release: bool) -> None:
         """Cancel opens; close every session if releasing on shutdown, else leave them leased."""

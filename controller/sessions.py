@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: Workers garbage-collect expired sessions every 5 s, so expiry lands up to that late.
 WORKER_GC_SLACK = 5.0
 _CLOSE_ATTEMPTS = 3
+_RATE_LIMITED_BACKOFF = {"base": 2.0, "cap": 60.0}
 _CHECK_CONCURRENCY = 32
 
 
@@ -32,6 +33,7 @@ class PoolMetrics(Protocol):
     def session_opened(self, scaler: str, seconds: float) -> None: ...
     def session_closed(self, scaler: str, reason: str) -> None: ...
     def session_open_failed(self, scaler: str, reason: str) -> None: ...
+    def session_rerouted(self, scaler: str) -> None: ...
     def keepalive(self, scaler: str, result: str) -> None: ...
     def ledger_written(self, scaler: str) -> None: ...
     def sessions_adopted(self, scaler: str, count: int) -> None: ...
@@ -149,7 +151,12 @@ class SessionPool:
             self._opening.pop(token, None)
 
     async def _request_session(self) -> GrantedSession:
-        """Open one session, retrying every failure with capped, jittered backoff."""
+        """Open one session, retrying every failure with capped, jittered backoff.
+
+        One attempt lasts at most open_timeout (plus the SDK's last calls): inside it the SDK
+        waits for a worker and routes again when one refuses (429 when full); at most
+        max_concurrent_opens attempts are under way at once.
+        """
         attempt = 0
         while True:
             async with self._open_slots:
@@ -160,6 +167,7 @@ class SessionPool:
                         timeout=self._open_timeout,
                         on_close_route=self._on_close_route,
                         on_close_payload=self._on_close_payload,
+                        rerouted=self._rerouted,
                     )
                 except VastError as exc:
                     self._metrics.session_open_failed(self.scaler, exc.kind)
@@ -167,8 +175,13 @@ class SessionPool:
                         "session open failed, retrying",
                         extra={"scaler": self.scaler, "reason": exc.kind, "error": str(exc)},
                     )
-            await asyncio.sleep(backoff(attempt))
+                    # Vast's rate limits name no Retry-After: back off further than for a blip.
+                    limited = exc.kind == "rate_limited"
+            await asyncio.sleep(backoff(attempt, **_RATE_LIMITED_BACKOFF) if limited else backoff(attempt))
             attempt += 1
+
+    def _rerouted(self) -> None:
+        self._metrics.session_rerouted(self.scaler)
 
     async def _record_granted(self, granted: GrantedSession, requested_at: float) -> None:
         """Write the new session to the ledger; only then does it count as open."""

@@ -3,6 +3,12 @@
 It builds the client (offline-safe SSL context for plain-http emulators), keeps the SDK's own
 loggers quiet (at DEBUG they print route responses, which carry `auth_data`), and maps the SDK's
 untyped exceptions onto the few outcomes the session pool acts on.
+
+Two SDK behaviours it works around: an SDK `Endpoint` never updates its `last_refresh`, so after 3
+days it fetches the web API on route calls and after 6 days on every one (where Vast's rate limit
+fails them): the endpoint is fetched anew every RENEW_SECONDS, and a failed renewal keeps the one
+it has. And calls inside a session need no web API at all: they work before the endpoint could be
+fetched (adoption at start) and while the web API refuses.
 """
 
 from __future__ import annotations
@@ -11,13 +17,31 @@ import asyncio
 import logging
 import re
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vastai import Serverless
+from vastai.serverless.client.endpoint import Endpoint
 from vastai.serverless.client.request_status import RequestStatus
 
+from controller.backoff import backoff
+
 log = logging.getLogger(__name__)
+
+#: How old an SDK Endpoint may get before it is fetched anew (the SDK's own refresh starts at 3 days).
+RENEW_SECONDS = 12 * 3600.0
+#: After a failed fetch, the next waits (jittered, doubling up to the cap): a first fetch retries
+#: soon, a renewal (the old endpoint still works) waits minutes. Never a burst at the web API.
+FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP = 1.0, 60.0
+RENEW_RETRY, RENEW_RETRY_CAP = 60.0, 3600.0
+FETCH_TIMEOUT = 30.0
+#: Beyond the open's own timeout: one route (10 s) and one /session/create (10 s) still under way.
+OPEN_SLACK_SECONDS = 25.0
+#: The endpoint parameters Vast lists (`get_endpoint`), as the SDK names them.
+PARAMETERS = ("max_workers", "cold_workers", "min_load", "min_cold_load", "target_util", "cold_mult",
+              "max_queue_time", "target_queue_time", "inactivity_timeout")  # fmt: skip
 
 # The SDK logs every failed open at ERROR and whole responses (with auth_data) at DEBUG.
 for _name in ("vastai", "Serverless", "CoroutineServerless"):
@@ -72,6 +96,25 @@ class ReservationTracker(RequestStatus):
         return self.status == self.HELD
 
 
+class RerouteTracker(RequestStatus):
+    """The SDK's request status; calls `rerouted()` each time the SDK routes again.
+
+    Inside `session()` the SDK retries a refused `/session/create` (429 from a full worker, 5xx, an
+    unreachable worker) by routing again after a sleep, silently: this is the one place it shows.
+    """
+
+    RETRYING = "Retrying"
+
+    def __init__(self, rerouted: Callable[[], None]) -> None:
+        self._rerouted = rerouted
+        super().__init__()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "status" and value == self.RETRYING:
+            self._rerouted()
+
+
 def _classify(exc: BaseException) -> VastError:
     """Turn an SDK exception into a VastError; the SDK only gives us its message text."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -91,20 +134,71 @@ def _classify(exc: BaseException) -> VastError:
 class VastEndpoint:
     """One Vast Serverless endpoint, seen through the SDK."""
 
-    def __init__(self, client: Serverless, name: str):
+    def __init__(self, client: Serverless, name: str, *, clock: Callable[[], float] = time.time):
         self._client = client
         self.name = name
+        self._clock = clock
         self._endpoint: Any = None
+        self._fetched_at = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: VastError | None = None
+        self._fetching = asyncio.Lock()
+        # For calls inside a session: they go to the session's worker and need no endpoint data.
+        self._offline = Endpoint(client, name=name, id=0, api_key="")
 
     async def _get(self) -> Any:
-        if self._endpoint is None:
-            try:
-                self._endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), 30)
-            except Exception as exc:
-                if "could not be found" in str(exc):
-                    raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
-                raise _classify(exc) from None
+        """The SDK Endpoint to route with: fetched at first use, renewed every RENEW_SECONDS."""
+        if self._fresh(RENEW_SECONDS) or (self._endpoint is not None and self._clock() < self._retry_at):
+            return self._endpoint
+        async with self._fetching:  # one fetch at a time; the others use its result
+            if not self._fresh(RENEW_SECONDS):
+                await self._fetch_or_keep()
         return self._endpoint
+
+    def _fresh(self, seconds: float) -> bool:
+        return self._endpoint is not None and self._clock() - self._fetched_at < seconds
+
+    async def _fetch_or_keep(self) -> None:
+        if self._clock() < self._retry_at and self._last_error is not None:
+            if self._endpoint is None:
+                raise self._last_error
+            return
+        try:
+            await self._fetch()
+        except VastError as exc:
+            self._last_error = exc
+            base, cap = (RENEW_RETRY, RENEW_RETRY_CAP) if self._endpoint else (FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP)
+            # At least `base`, so failed fetches never come in a burst.
+            self._retry_at = self._clock() + base + backoff(self._failures, base=base, cap=cap)
+            self._failures += 1
+            if self._endpoint is None:
+                raise
+            log.warning("could not renew the Vast endpoint; using the one fetched earlier",
+                        extra={"endpoint": self.name, "error": str(exc)})  # fmt: skip
+
+    async def parameters(self, max_age: float = 0.0) -> dict[str, Any]:
+        """The endpoint's parameters as Vast lists them (None: unset), fetched unless one fetched
+        within `max_age` seconds is at hand; the fetch also renews the SDK Endpoint."""
+        async with self._fetching:
+            if not self._fresh(max_age):
+                await self._fetch()
+            config = self._endpoint.data.config
+        return {name: getattr(config, name, None) for name in PARAMETERS}
+
+    async def _fetch(self) -> None:
+        try:
+            endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), FETCH_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if "could not be found" in str(exc):
+                raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
+            raise _classify(exc) from None
+        self._endpoint, self._fetched_at, self._failures, self._retry_at = endpoint, self._clock(), 0, 0.0
+
+    def _for_sessions(self) -> Any:
+        return self._endpoint if self._endpoint is not None else self._offline
 
     async def open_session(
         self,
@@ -114,25 +208,34 @@ class VastEndpoint:
         timeout: float,
         on_close_route: str | None = None,
         on_close_payload: dict[str, Any] | None = None,
+        rerouted: Callable[[], None] = lambda: None,
     ) -> GrantedSession:
-        """Route, wait for a worker with room, and create a session on it."""
+        """Route, wait for a worker with room, and create a session on it, within timeout + slack.
+
+        What `endpoint.session()` does, through the SDK's request call so each re-route is seen.
+        """
         endpoint = await self._get()
+        payload = {"lifetime": lifetime, "on_close_route": on_close_route, "on_close_payload": on_close_payload}
         try:
-            session = await endpoint.session(
-                cost=cost,
-                lifetime=lifetime,
-                on_close_route=on_close_route,
-                on_close_payload=on_close_payload,
-                timeout=timeout,
-            )
+            result = await asyncio.wait_for(
+                self._client.queue_endpoint_request(
+                    endpoint=endpoint, worker_route="/session/create", worker_payload=payload,
+                    serverless_request=RerouteTracker(rerouted), cost=cost, timeout=timeout, worker_timeout=10.0,
+                ),
+                timeout + OPEN_SLACK_SECONDS,
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             raise _classify(exc) from None
+        response = result.get("response") if isinstance(result, dict) else None
+        if not (result.get("ok") and isinstance(response, dict) and response.get("session_id")):
+            status = result.get("status")
+            raise _classify(Exception(f"/session/create answered HTTP {status}"))
         return GrantedSession(
-            session_id=str(session.session_id),
-            auth_data=dict(session.auth_data),
-            expires_at=float(session.expiration),
+            session_id=str(response["session_id"]),
+            auth_data=dict(result["auth_data"]),
+            expires_at=float(response.get("expiration") or self._clock() + lifetime),
             lifetime=float(lifetime),
         )
 
@@ -150,7 +253,7 @@ class VastEndpoint:
 
     async def get_session(self, record: GrantedSession, timeout: float = 10.0) -> float:
         """The session's current expiration; SessionGone when the worker no longer has it."""
-        endpoint = await self._get()
+        endpoint = self._for_sessions()
         try:
             info = await endpoint.get_session(record.session_id, record.auth_data, timeout=timeout)
         except asyncio.CancelledError:
@@ -161,7 +264,7 @@ class VastEndpoint:
 
     async def keep_alive(self, record: GrantedSession, timeout: float = 10.0) -> None:
         """One request inside the session (`/ping`): the worker extends it by one lifetime."""
-        endpoint = await self._get()
+        endpoint = self._for_sessions()
         session = self._sdk_session(endpoint, record)
         try:
             result = await asyncio.wait_for(
@@ -179,7 +282,7 @@ class VastEndpoint:
 
     async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> bool:
         """End the session on its worker: True if this call ended it, False if it was already gone."""
-        endpoint = await self._get()
+        endpoint = self._for_sessions()
         try:
             await asyncio.wait_for(
                 self._client.end_endpoint_session(self._sdk_session(endpoint, record), timeout), timeout + 1
@@ -250,13 +353,15 @@ def sdk_client(api_key: str, *, webserver_url: str, autoscaler_url: str, **optio
 class VastClient:
     """Owns the SDK client; hands out `VastEndpoint`s by name."""
 
-    def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str):
+    def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str,
+                 clock: Callable[[], float] = time.time):  # fmt: skip
         if not api_key:
             raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
         self._client = sdk_client(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url)
+        self._clock = clock
 
     def endpoint(self, name: str) -> VastEndpoint:
-        return VastEndpoint(self._client, name)
+        return VastEndpoint(self._client, name, clock=self._clock)
 
     async def close(self) -> None:
         await self._client.close()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +16,9 @@ import redis.asyncio as aioredis
 
 from controller.check import check
 from controller.config import Config
+from controller.emulator.testing import running_emulator
+from controller.endpoint_params import RECOMMENDED
+from controller.vast import VastClient
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PASSWORD = "pw-never-shown-42"
@@ -110,17 +113,41 @@ async def test_a_missing_stream_is_a_warning_not_a_failure() -> None:
     assert "config ok; 1 source read (1 read as empty: see WARNING)" in out.getvalue()
 
 
-def test_cli_check_prints_the_table(tmp_path: Path, queues: dict[str, str]) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        "vast: {api_key_file: key}\n"
-        f"scalers:\n  - name: jobs\n    source: \"{redis_source('list=' + queues['list'])}\"\n    endpoint: ep\n"
-    )
-    (tmp_path / "key").write_text("k\n")
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "controller", "check", "--config", str(path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert rows(result.stdout)["jobs"][2:] == ["ep", "3", "0", "3"]
+async def test_cli_check_prints_the_table_and_the_endpoints_parameters(tmp_path: Path, queues: dict[str, str]) -> None:
+    recommended = {"name": "ep", **RECOMMENDED}
+    vast_defaults = {"name": "other"}  # a new Vast endpoint: nothing set
+    async with running_emulator(api_key="k", endpoints=[recommended, vast_defaults]) as emu:
+        path = tmp_path / "config.yaml"
+        source = redis_source("list=" + queues["list"])
+        path.write_text(
+            f"vast: {{api_key_file: key, url: '{emu.url}'}}\nscalers:\n"
+            f"  - {{name: jobs, source: '{source}', endpoint: ep}}\n"
+            f"  - {{name: more, source: '{source}', endpoint: other}}\n"
+        )
+        (tmp_path / "key").write_text("k\n")
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", "check", "--config", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert rows(text)["jobs"][2:] == ["ep", "3", "0", "3"]
+    assert "endpoint ep: parameters as recommended" in text
+    other = next(line for line in text.splitlines() if line.startswith("endpoint other:"))
+    for field, value in (("target_util", "0.9"), ("min_load", "1"), ("max_queue_time", "30"),
+                         ("target_queue_time", "10"), ("inactivity_timeout", "unset")):  # fmt: skip
+        assert f"{field} is {value} (recommended {RECOMMENDED[field]:g}" in other, other
+
+
+async def test_check_fails_when_an_endpoint_cannot_be_read(queues: dict[str, str]) -> None:
+    async with running_emulator(api_key="k") as emu:
+        vast = VastClient("k", webserver_url=emu.url, autoscaler_url=emu.url)
+        out = io.StringIO()
+        try:
+            assert await check(config_for(("jobs", redis_source("list=" + queues["list"]))), out=out, vast=vast) == 1
+        finally:
+            await vast.close()
+    assert "endpoint ep-jobs: ERROR: cannot read its parameters: Vast endpoint 'ep-jobs' does not exist" in out.getvalue()
+    assert "1 endpoint unreadable" in out.getvalue()

@@ -406,14 +406,22 @@ async def test_a_demo_whose_consumers_cannot_read_stops_and_says_why(
 ) -> None:
     """Consumers that never read: the run stops within its bound, names the cause, leaves no session."""
     idle = tmp_path / "idle_consumer.py"
-    idle.write_text("import time\ntime.sleep(3600)\n")
+    # It answers its worker's health check (so the worker becomes ready), and never reads.
+    idle.write_text(
+        "import http.server, os\n"
+        "class Ok(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['HEALTH_PORT'])), Ok).serve_forever()\n"
+    )
     monkeypatch.setattr("controller.demo.run.CONSUMER", idle)
-    options = Options(duration=4, live=False, out=tmp_path / "out", cold_start=0.5, stall_seconds=10)
+    # Readiness reaches Vast with the worker library's next report (up to 10 s): a longer bound.
+    options = Options(duration=4, live=False, out=tmp_path / "out", cold_start=0.5, stall_seconds=20)
     with open(os.devnull, "w") as quiet:
         with pytest.raises(DemoError) as raised:
             await run_demo(options, Display(quiet, live=False))
     assert str(raised.value) == (
-        "sessions were open but no consumer read from the stream in 10.5s: the consumers cannot read the queue; "
+        "sessions were open but no consumer read from the stream in 20.5s: the consumers cannot read the queue; "
         "stopped, every session is closed"
     )
 

@@ -140,10 +140,10 @@ def emulator_config(*, source: str, results_key: str, cold_start: float, api_key
             "consumer": {
                 "command": command,
                 "queue_url": source,
+                # Each consumer serves /health on its own port, the worker's BACKEND_HEALTH_URL.
+                "health": True,
                 "env": {
                     "RESULTS_KEY": results_key,
-                    # Many consumers share this machine: none may claim a fixed health port.
-                    "HEALTH_PORT": "0",
                     # Jobs last seconds: one left by a stopped worker is taken over within the run.
                     "CLAIM_IDLE_SECONDS": "20",
                 },

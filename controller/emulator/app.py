@@ -2,14 +2,18 @@
 
 - `GET /api/v0/endptjobs/` and `/api/v0/endptjobs/{id}/`: the endpoints (account key, bearer or
   ?api_key), with their parameters and per-endpoint keys, as the SDK reads them.
-- `POST /route/`: READY (`url` and a signed `auth_data`) when a worker has room, else WAITING with
-  a `request_idx` that later polls repeat. Key: the endpoint's (or the account key).
+- `POST /route/`: READY (`url` and a signed `auth_data`) when a worker has room, else WAITING
+  (`{endpoint, status, __request_id}`, as Vast answers: no `request_idx`). Key: the endpoint's (or
+  the account key).
 - `POST /get_endpoint_workers/`: a bare list of workers in the SDK's `Worker` shape.
 - `GET /pubkey/`, `POST /worker_status/`, `POST /delete_requests/` (both body shapes): what the
   worker library calls on REPORT_ADDR; `POST /_emulator/worker_events/`: the null worker's session
   changes (process kind).
 - `GET /_emulator/state`; `GET|POST /_emulator/faults` (POST needs the account key).
-Bad keys answer 401, unknown endpoints or workers 404, malformed bodies 422, always as JSON.
+Bad keys answer 401, unknown endpoints or workers 404, malformed bodies 422, always as JSON. The
+web API is rate-limited per route and key (`web_api_rate_limit`): 429 "API requests too
+frequent", no Retry-After. `/_emulator/state` counts the calls per route (`requests`) and the
+most ever under way at once (`peak_in_flight`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import base64
 import json
 import logging
 import math
+import secrets
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
@@ -28,8 +35,8 @@ from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 from pydantic import ValidationError
 
-from controller.emulator.config import EmulatorConfig, EmulatorConfigError, EndpointConfig
-from controller.emulator.engine import Ready
+from controller.emulator.config import EmulatorConfig, EmulatorConfigError, EndpointConfig, RateLimit
+from controller.emulator.engine import SDK_STATUS, Engine, Ready
 from controller.emulator.faults import Faults, FaultState, fault_middleware
 from controller.emulator.workers import WorkerPool
 
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 USER_ID = 1
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 POOL = web.AppKey("pool", WorkerPool)
+WEB_API_ROUTES = ("endptjobs", "endptjob")
+RATE_LIMIT_KEYS_KEPT = 10_000
 
 
 class Signer:
@@ -108,7 +117,10 @@ class Routes:
         self.pool = pool
         self.faults = faults
         self.signer = signer
-        self.created_at = time.time()
+        self.created_at = pool.clock()
+        self.requests: Counter[str] = Counter()  # calls per route name, refused ones included
+        self.in_flight: Counter[str] = Counter()  # calls under way per route name
+        self.peak_in_flight: Counter[str] = Counter()  # the most ever under way at once
 
     def table(self) -> list[web.RouteDef]:
         return [
@@ -173,7 +185,10 @@ class Routes:
                 "endpoint": name, "url": url, "cost": cost, "reqnum": decision.reqnum,
                 "request_idx": decision.request_idx, "signature": self.signer.sign(url),
             })  # fmt: skip
-        return web.json_response({"request_idx": decision.request_idx, "status": "WAITING"})
+        waiting = {"endpoint": name, "status": _breakdown(engine), "__request_id": secrets.token_hex(8)}
+        if self.config.lenient.waiting_request_idx:
+            waiting["request_idx"] = decision.request_idx
+        return web.json_response(waiting)
 
     async def workers(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -216,14 +231,16 @@ class Routes:
         if worker_id is None:
             return _error(422, "worker_id: expected the worker's integer id")
         requests, idxs = body.get("requests"), body.get("request_idxs")
+        rejected: list[int] = []
         if isinstance(requests, list) and all(isinstance(r, dict) and _int(r.get("request_idx")) is not None
                                               for r in requests):  # fmt: skip
             found = [r["request_idx"] for r in requests]
+            rejected = [r["request_idx"] for r in requests if r.get("status") == "Rejected"]
         elif isinstance(idxs, list) and all(_int(i) is not None for i in idxs):
             found = idxs
         else:
             return _error(422, "expected requests: [{request_idx, ...}] or request_idxs: [int, ...]")
-        return self._refused(self.pool.delete_requests(worker_id, body.get("mtoken"), found))
+        return self._refused(self.pool.delete_requests(worker_id, body.get("mtoken"), found, rejected))
 
     async def worker_events(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -247,11 +264,13 @@ class Routes:
                 "name": endpoint.name, "id": endpoint.id,
                 "params": {**endpoint.public_params(), **knobs}, "workers": engine.worker_views(),
                 "billing": engine.billing(now), "waiting": sorted(engine.waiting),
-                "deleted_request_idxs": list(engine.deleted),
+                "deleted_request_idxs": list(engine.deleted), "resume_failures": engine.resume_failures,
+                "worker_log": list(engine.worker_log),
             })  # fmt: skip
         return {"time": now, "workers_kind": self.pool.kind_name, "worker_flavor": self.config.worker_flavor,
                 "endpoints": endpoints, "session_log": list(self.pool.events),
-                "faults": self.faults.as_dict()}  # fmt: skip
+                "faults": self.faults.as_dict(), "requests": dict(self.requests),
+                "peak_in_flight": dict(self.peak_in_flight)}  # fmt: skip
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
@@ -288,6 +307,68 @@ class Routes:
 
 
 ROUTES = web.AppKey("routes", Routes)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _breakdown(engine: Engine) -> str:
+    """WAITING's `status`: the endpoint's workers by status, as Vast's /route/ describes them."""
+    counts = Counter(SDK_STATUS[w.state] for w in engine.workers.values())
+    return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items())) or "no workers"
+
+
+def counting(routes: Routes) -> Callable:
+    """Middleware: count every call, and the most under way at once, by route name (what tests check)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = getattr(request.match_info.route, "name", None)
+        if name is None:
+            return await handler(request)
+        routes.requests[name] += 1
+        routes.in_flight[name] += 1
+        routes.peak_in_flight[name] = max(routes.peak_in_flight[name], routes.in_flight[name])
+        try:
+            return await handler(request)
+        finally:
+            routes.in_flight[name] -= 1
+
+    return middleware
+
+
+class RateLimiter:
+    """Vast's web API limit: a token bucket per (route, key); over it, 429 without Retry-After."""
+
+    def __init__(self, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (tokens, at)
+
+    def allow(self, route: str, key: str) -> bool:
+        if self.limit is None:
+            return True
+        now = self.clock()
+        tokens, at = self._buckets.get((route, key), (float(self.limit.burst), now))
+        tokens = min(float(self.limit.burst), tokens + (now - at) * self.limit.per_second)
+        if len(self._buckets) >= RATE_LIMIT_KEYS_KEPT:
+            # Forget the keys whose bucket has refilled since: they are as good as new.
+            refill = self.limit.burst / self.limit.per_second
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
+        if tokens < 1:
+            self._buckets[(route, key)] = (tokens, now)
+            return False
+        self._buckets[(route, key)] = (tokens - 1, now)
+        return True
+
+    def middleware(self) -> Callable:
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            name = getattr(request.match_info.route, "name", None)
+            identity = "|".join(sorted({str(key) for key in _given_keys(request)}))
+            if name in WEB_API_ROUTES and not self.allow(name, identity):
+                return _error(429, "API requests too frequent")
+            return await handler(request)
+
+        return middleware
 
 
 @web.middleware
@@ -307,7 +388,8 @@ def build_app(config: EmulatorConfig) -> web.Application:
     signer = Signer()
     pool = WorkerPool(config, faults=faults, signer=signer)
     routes = Routes(config, pool, faults, signer)
-    app = web.Application(middlewares=[json_errors, fault_middleware(faults)])
+    limiter = RateLimiter(config.web_api_rate_limit)
+    app = web.Application(middlewares=[counting(routes), json_errors, limiter.middleware(), fault_middleware(faults)])
     app.add_routes(routes.table() + pool.inprocess.routes())
     app[POOL], app[ROUTES] = pool, routes
     return app

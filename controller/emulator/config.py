@@ -1,10 +1,15 @@
 """The emulator's configuration: endpoints, worker kind, emulator-only knobs, consumer and faults.
 
-With no file it serves one endpoint `demo` (target_util 1, min_load 0, max_queue_time 1,
-target_queue_time 0.5, inactivity_timeout 10, max_workers 20, cold_workers 0) on in-process
-workers; the account key comes from VAST_API_KEY (default `local-dev-key`). Per-endpoint
-`cold_start_seconds`, `resume_seconds`, `price_per_hour`, `storage_price_per_hour` and `consumer`
+With no file it serves one endpoint `demo` with the parameters of a new Vast endpoint (min
+workers 5, min_load 1, target_util 0.9, cold_mult 3, max_queue_time 30 s, target_queue_time 10 s,
+inactivity_timeout unset, max_workers 20) on in-process workers: set the parameters you would
+set in the Vast console (`controller.endpoint_params.RECOMMENDED` for this project). The account
+key comes from VAST_API_KEY (default `local-dev-key`). Per-endpoint `cold_start_seconds`,
+`resume_seconds`, `resume_failure`, `price_per_hour`, `storage_price_per_hour` and `consumer`
 fall back to the top-level values. Every problem is reported as one line naming the field.
+
+By default the emulator is Vast as documented (docs/emulator-vs-vast.md); `lenient` turns back on,
+one by one, the kinder shortcuts it used to take.
 """
 
 from __future__ import annotations
@@ -37,24 +42,47 @@ class ConsumerConfig(_Model):
     command: str = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     queue_url: str | None = None  # given to the consumer as QUEUE_URL
+    # Process workers: the consumer serves GET /health on HEALTH_PORT and the worker's
+    # BACKEND_HEALTH_URL points at it, as on an instance (the worker is ready once it answers).
+    health: bool = False
+
+
+class RateLimit(_Model):
+    """A token bucket per (route, key): `burst` calls at once, refilled at `per_second`."""
+
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class Lenient(_Model):
+    """Shortcuts kinder than Vast, each off by default (what Vast does instead: docs/emulator-vs-vast.md)."""
+
+    route_skips_full_workers: bool = False  # routing knows max_sessions: no 429 from /session/create
+    placement_idle_longest: bool = False  # a session goes to the worker idle longest, not a random one
+    worker_idle_seconds: float | None = Field(default=None, ge=0)  # only workers idle this long stop
+    early_readiness: bool = False  # ready when loaded, not at the worker library's next report
+    waiting_request_idx: bool = False  # WAITING answers carry request_idx, so polls keep their place
+    gone_worker_answers: bool = False  # a stopped or crashed worker answers 404/503, not a refused connection
 
 
 class EndpointConfig(_Model):
     name: str = Field(min_length=1)
     id: int | None = Field(default=None, ge=1)
     api_key: str | None = Field(default=None, min_length=1)
+    # Vast's defaults for a new endpoint.
     max_workers: int = Field(default=20, ge=0)
-    cold_workers: int = Field(default=0, ge=0)
-    min_load: float = Field(default=0.0, ge=0)
+    cold_workers: int = Field(default=5, ge=0)
+    min_load: float = Field(default=1.0, ge=0)
     min_cold_load: float = Field(default=0.0, ge=0)
-    target_util: float = Field(default=1.0, gt=0, le=1)
-    cold_mult: float = Field(default=1.0, ge=1)
-    max_queue_time: float = Field(default=1.0, ge=0)
-    target_queue_time: float = Field(default=0.5, ge=0)
-    inactivity_timeout: float = Field(default=10.0, ge=0)
+    target_util: float = Field(default=0.9, gt=0, le=1)
+    cold_mult: float = Field(default=3.0, ge=1)
+    max_queue_time: float = Field(default=30.0, ge=0)
+    target_queue_time: float = Field(default=10.0, ge=0)
+    inactivity_timeout: float | None = None  # > 0: scale to zero after that long idle; else never
     # Emulator-only; None = the top-level value.
     cold_start_seconds: float | None = Field(default=None, ge=0)
     resume_seconds: float | None = Field(default=None, ge=0)
+    resume_failure: float | None = Field(default=None, ge=0, le=1)
     price_per_hour: float | None = Field(default=None, ge=0)
     storage_price_per_hour: float | None = Field(default=None, ge=0)
     consumer: ConsumerConfig | None = None
@@ -77,6 +105,15 @@ class EmulatorConfig(_Model):
     max_sessions: int = Field(default=1, ge=1)  # per in-process worker; the null worker process has 1
     cold_start_seconds: float = Field(default=3.0, ge=0)
     resume_seconds: float = Field(default=1.0, ge=0)
+    # A stopped instance holds no GPU: the chance that its resume fails (then a new worker cold-starts).
+    resume_failure: float = Field(default=0.1, ge=0, le=1)
+    # The worker library reports every 10 s while nothing is pending: readiness is seen then.
+    report_interval: float = Field(default=10.0, gt=0)
+    # Vast's web API (endptjobs) per route and key; None = unlimited.
+    web_api_rate_limit: RateLimit | None = Field(default_factory=lambda: RateLimit(per_second=1.0, burst=5))
+    seed: int | None = 0  # placement, scale-down choice and resume failures (None: unseeded)
+    clock_offset_seconds: float = 0.0  # the emulator's clock runs this far ahead (in-process workers)
+    lenient: Lenient = Field(default_factory=Lenient)
     price_per_hour: float = Field(default=0.50, ge=0)
     storage_price_per_hour: float = Field(default=0.01, ge=0)
     inactive_destroy_seconds: float = Field(default=60.0, ge=0)

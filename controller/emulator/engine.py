@@ -1,30 +1,40 @@
 """One endpoint's autoscaler: routing, scaling and billing as plain state driven by timestamps.
 
 Nothing here does I/O or reads the clock: callers pass `now`, and `tick(now)` returns the
-actions (start, resume, stop, destroy) for the worker pool to carry out.
+actions (start, resume, stop, destroy) for the worker pool to carry out. It follows Vast's
+documented behaviour (docs/emulator-vs-vast.md); `config.lenient` switches kinder shortcuts on.
 
 Loads are in Vast's units: one worker has `perf` = 100 (the null worker's pinned max_perf), and a
 session or request costs what its route asked for (the SDK's default cost 100 = one worker).
 
     demand  D = cost of open sessions + cost of granted routes (READY, no session yet)
-              + cost of WAITING routes older than target_queue_time
-    count   N = how many sessions, granted routes and such waiting routes there are
-    active  A = max(ceil(max(D, min_load) / (target_util * perf)), ceil(N / max_sessions)), <= max_workers
+              + cost of recent WAITING or refused routes, once routes have waited target_queue_time
+    active  A = max(ceil(D / (target_util * perf)), ceil(min_load / (target_util * perf))), <= max_workers;
+                at least 1 unless inactivity_timeout allows zero: 0 = at once, > 0 = after that
+                long with D = 0 (never had demand: at once); unset or negative = never
     total   T = max(cold_workers, ceil(A * cold_mult), ceil(min_cold_load / perf)), A <= T <= max_workers
 
-Each tick, loading workers whose boot time has passed (and, for process workers, that reported
-ready) become ready. While loading + ready < A, stopped workers resume (resume_seconds), then new
-workers are created (cold_start_seconds); more are created while the total is below T (they load,
-then idle out to stopped: Vast's cold workers). While loading + ready > A, ready workers idle (no
-session, grant or reservation) for inactivity_timeout stop, longest idle first. Stopped workers
-beyond T are destroyed after inactive_destroy_seconds. A crashed worker shows as `error` for a few
-seconds, then is destroyed.
+Each tick, loading workers whose model has loaded become ready at the worker library's next
+status report (reports come 1 s after boot, then every report_interval; process workers: when
+their report says so). While loading + ready < A, stopped workers resume (resume_seconds; a
+resume fails with probability resume_failure: the stopped instance is gone and a new worker is
+created instead), then new workers are created (cold_start_seconds); more are created while the
+total is below T (they load, then stop: Vast's cold workers). While loading + ready > A, ready
+workers that have held no session or grant for LOAD_REPORT_SECONDS (the library's report of it)
+stop, chosen at random (Vast stops the worst price-performance first; emulated workers all have
+one price). Stopped workers beyond T are
+destroyed after inactive_destroy_seconds. A crashed worker shows as `error` for a few seconds,
+then is destroyed.
 
-Routing: a ready worker has room when it holds fewer than max_sessions sessions and grants, and
-either is empty or its implied queue time (load + cost) / perf stays within max_queue_time; the
-least loaded such worker wins (ties: the one idle longest), else the route WAITS and counts toward demand. A re-poll with a
-granted request_idx means the client could not use that grant (worker busy or gone): it is dropped
-and the route is decided afresh under the same request_idx.
+Routing knows loads, not max_sessions (the worker's status report has no such field): a ready
+worker is a candidate when it is empty or its expected queue time (load + cost) / perf stays
+within max_queue_time; among the candidates with the least queue time, one is picked at random;
+no candidate: the route WAITS. A worker whose session table is full answers the session with 429
+(`rejected`): the route counts as waiting demand, and the client routes again. A re-poll with a
+granted request_idx means the client could not use that grant: it is dropped and the route is
+decided afresh. WAITING answers carry no request_idx, so a poll cannot name its route: it takes
+the place of the waiting route polled least recently (REPOLL_SECONDS); a waiting route is
+forgotten WAITING_SECONDS after it was last polled.
 
 Billing: ready and loading seconds bill price_per_hour; stopped (inactive) seconds bill
 storage_price_per_hour only; error seconds bill nothing.
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +55,17 @@ from controller.emulator.config import WORKER_PERF, EmulatorConfig, EndpointConf
 READY, LOADING, INACTIVE, ERROR = "ready", "loading", "inactive", "error"
 SDK_STATUS = {READY: "idle", LOADING: "loading", INACTIVE: "stopped", ERROR: "error"}
 GRANT_SECONDS = 15.0  # a READY route that becomes no session or request within this is dropped
-WAITING_FORGET_SECONDS = 15.0  # a WAITING route not polled again within this is dropped
+#: A WAITING (or refused) route not polled again within this is dropped: longer than the SDK's
+#: largest poll interval (5 s by default).
+WAITING_SECONDS = 6.0
+#: WAITING answers carry no request_idx, so the SDK polls with request_idx 0. Such a poll takes the
+#: place of the waiting route (of its cost) polled least recently, if that was at least this long
+#: ago, else it is a new waiting route: the count follows the number of clients that wait.
+REPOLL_SECONDS = 0.1
+FIRST_REPORT_SECONDS = 1.0  # the worker library's first status report after it starts
+#: A change of load (a session ended) reaches Vast with the library's next report, within a second:
+#: only then can a worker be seen idle and stopped.
+LOAD_REPORT_SECONDS = 1.0
 ERROR_LINGER_SECONDS = 5.0
 DELETED_KEPT = 1000
 
@@ -97,6 +118,7 @@ class Worker:
     started_at: float
     needs_report: bool
     boot_until: float = 0.0
+    ready_at: float = 0.0  # in-process: the library's first report after boot_until
     billed_until: float = 0.0
     last_busy: float = 0.0
     loaded_at: float | None = None
@@ -169,6 +191,7 @@ class Engine:
         needs_report: bool = False,
         max_sessions: int | None = None,
         stuck: Callable[[], bool] = lambda: False,
+        resume_failure: Callable[[], float | None] = lambda: None,
     ):
         self.endpoint = endpoint
         self.name = endpoint.name
@@ -179,12 +202,22 @@ class Engine:
         self.reservations = config.worker_flavor == "reserve"
         self.cold_start = config.knob(endpoint, "cold_start_seconds")
         self.resume = config.knob(endpoint, "resume_seconds")
+        self.resume_failure = config.knob(endpoint, "resume_failure")
+        self.report_interval = config.report_interval
+        self.lenient = config.lenient
+        # Seeded per endpoint, so one endpoint's choices do not shift another's.
+        self.rng = random.Random(None if config.seed is None else f"{config.seed}:{endpoint.name}")
+        self._resume_failure_override = resume_failure
         self.price = config.knob(endpoint, "price_per_hour")
         self.storage_price = config.knob(endpoint, "storage_price_per_hour")
         self.destroy_after = config.inactive_destroy_seconds
         self._stuck = stuck
         self.workers: dict[int, Worker] = {}
         self.waiting: dict[int, WaitingRoute] = {}
+        self.waiting_since: float | None = None  # routes have been waiting since (None: none wait)
+        self.last_demand: float | None = None  # last tick with any demand (None: never)
+        self.resume_failures = 0
+        self.worker_log: deque[dict[str, Any]] = deque(maxlen=DELETED_KEPT * 10)  # state changes
         self.deleted: deque[int] = deque(maxlen=DELETED_KEPT)
         self._grant_owner: dict[int, int] = {}
         self._billed = Billing()
@@ -195,36 +228,55 @@ class Engine:
         """Grant a worker with room to this request, or keep it waiting (and counted as demand)."""
         if request_idx in self._grant_owner:
             self._drop_grant(self._grant_owner[request_idx], request_idx)
+        repoll = None if request_idx else self._stalest_waiting(now, cost)
         if not request_idx:
             request_idx = self.ids.request_idx()
         worker = self._pick(cost)
         if worker is not None:
             self.waiting.pop(request_idx, None)
+            if repoll is not None:
+                del self.waiting[repoll]
             grant = Grant(cost=cost, reqnum=self.ids.reqnum(), deadline=now + GRANT_SECONDS)
             worker.grants[request_idx] = grant
             self._grant_owner[request_idx] = worker.id
             return Ready(worker, request_idx, grant.reqnum, cost)
+        self._wait(now, request_idx if repoll is None else repoll, cost)
+        return Waiting(request_idx if repoll is None else repoll)
+
+    def _stalest_waiting(self, now: float, cost: float) -> int | None:
+        """The waiting route an anonymous poll most likely repeats (see REPOLL_SECONDS)."""
+        stale = [(e.last_seen, idx) for idx, e in self.waiting.items()
+                 if e.cost == cost and now - e.last_seen >= REPOLL_SECONDS]  # fmt: skip
+        return min(stale)[1] if stale else None
+
+    def _wait(self, now: float, request_idx: int, cost: float) -> None:
         entry = self.waiting.get(request_idx)
         if entry is None:
             self.waiting[request_idx] = WaitingRoute(cost, now, now)
         else:
             entry.cost, entry.last_seen = cost, now
-        return Waiting(request_idx)
+        if self.waiting_since is None:
+            self.waiting_since = now
 
     def _pick(self, cost: float) -> Worker | None:
-        best: Worker | None = None
-        best_key = (0.0, 0.0)
+        """The worker with the least expected queue time that can take `cost`; ties at random."""
+        candidates: list[tuple[float, Worker]] = []
         for worker in self.workers.values():
-            if worker.state != READY or worker.used >= self.max_sessions:
+            if worker.state != READY:
+                continue
+            if self.lenient.route_skips_full_workers and worker.used >= self.max_sessions:
                 continue
             load = worker.load
             if load > 0 and (load + cost) / worker.perf > self.endpoint.max_queue_time:
                 continue
-            # Ties go to the worker idle longest: the one a FIFO of waiting consumers serves next.
-            key = (load, worker.last_busy)
-            if best is None or key < best_key:
-                best, best_key = worker, key
-        return best
+            candidates.append((load / worker.perf, worker))
+        if not candidates:
+            return None
+        least = min(queue for queue, _ in candidates)
+        best = [worker for queue, worker in candidates if queue <= least + 1e-9]
+        if self.lenient.placement_idle_longest:
+            return min(best, key=lambda w: w.last_busy)
+        return self.rng.choice(best)
 
     def _drop_grant(self, worker_id: int, request_idx: int) -> None:
         self._grant_owner.pop(request_idx, None)
@@ -303,6 +355,15 @@ class Engine:
                 if grant.working and self.reservations:
                     self._log(now, "end", worker_id, None, idx, kind="reservation")
 
+    def rejected(self, worker_id: int, request_idxs: list[int], now: float) -> None:
+        """The worker refused these granted requests (429, its session table full): still demand."""
+        worker = self.workers.get(worker_id)
+        for idx in request_idxs:
+            grant = worker.grants.get(idx) if worker else None
+            self.requests_done(worker_id, [idx], now)
+            if grant is not None:
+                self._wait(now, idx, grant.cost)
+
     def fail(self, worker_id: int, now: float, reason: str) -> list[SessionInfo]:
         """The worker crashed or errored: its sessions and grants are gone."""
         worker = self.workers.get(worker_id)
@@ -323,19 +384,32 @@ class Engine:
 
     # -- scaling ---------------------------------------------------------------------------------
 
+    def _demand(self, now: float) -> float:
+        live = [w for w in self.workers.values() if w.state != ERROR]
+        demand = sum(w.load for w in live)
+        if self.waiting_since is not None and now - self.waiting_since >= self.endpoint.target_queue_time:
+            demand += sum(e.cost for e in self.waiting.values())
+        return demand
+
     def targets(self, now: float) -> tuple[int, int]:
         """(active A, total T) per the formula in the module docstring."""
         ep = self.endpoint
-        live = [w for w in self.workers.values() if w.state != ERROR]
-        sessions = [s.cost for w in live for s in w.sessions.values()]
-        grants = [g.cost for w in live for g in w.grants.values()]
-        queued = [e.cost for e in self.waiting.values() if now - e.first_seen >= ep.target_queue_time]
-        demand = sum(sessions) + sum(grants) + sum(queued)
-        count = len(sessions) + len(grants) + len(queued)
-        active = max(_ceil(max(demand, ep.min_load) / (ep.target_util * WORKER_PERF)), _ceil(count / self.max_sessions))
+        per_worker = ep.target_util * WORKER_PERF
+        active = max(_ceil(self._demand(now) / per_worker), _ceil(ep.min_load / per_worker))
+        if self.lenient.route_skips_full_workers:
+            held = sum(w.used for w in self.workers.values() if w.state != ERROR)
+            active = max(active, _ceil(held / self.max_sessions))
+        if active == 0 and not self._may_scale_to_zero(now):
+            active = 1
         active = min(active, ep.max_workers)
         total = max(ep.cold_workers, _ceil(active * ep.cold_mult), _ceil(ep.min_cold_load / WORKER_PERF))
         return active, min(max(total, active), ep.max_workers)
+
+    def _may_scale_to_zero(self, now: float) -> bool:
+        timeout = self.endpoint.inactivity_timeout
+        if timeout is None or timeout < 0:
+            return False
+        return self.last_demand is None or now - self.last_demand >= timeout
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -349,19 +423,28 @@ class Engine:
             if worker.used:
                 worker.last_busy = now
             if worker.state == ERROR and now - worker.since >= ERROR_LINGER_SECONDS:
-                del self.workers[worker.id]
-                actions.append(Action("destroy", worker.id))
-        self.waiting = {i: e for i, e in self.waiting.items() if now - e.last_seen <= WAITING_FORGET_SECONDS}
+                actions.append(self._destroy(worker, now, "destroyed"))
+        self.waiting = {i: e for i, e in self.waiting.items() if now - e.last_seen <= WAITING_SECONDS}
+        if not self.waiting:
+            self.waiting_since = None
+        if self._demand(now) > 0:
+            self.last_demand = now
 
         want_active, want_total = self.targets(now)
-        live = [w for w in self.workers.values() if w.state != ERROR]
-        active = [w for w in live if w.state in (LOADING, READY)]
-        deficit = want_active - len(active)
-        stopped = sorted((w for w in live if w.state == INACTIVE), key=lambda w: -w.since)
+        deficit = want_active - len(self._active())
+        stopped = sorted((w for w in self.workers.values() if w.state == INACTIVE), key=lambda w: -w.since)
         for worker in stopped[: max(deficit, 0)]:
+            if self.rng.random() < self._resume_failure():
+                # A stopped instance holds no GPU: someone else took it. The instance is given up.
+                self.resume_failures += 1
+                actions.append(self._destroy(worker, now, "resume_failed"))
+                continue
             self._boot(worker, now, resume=True)
             actions.append(Action("resume", worker.id))
-        new = max(deficit - len(stopped), want_total - len(live), 0)
+        live = [w for w in self.workers.values() if w.state != ERROR]
+        stopped_left = sum(1 for w in live if w.state == INACTIVE)
+        deficit = want_active - len(self._active())
+        new = max(deficit - stopped_left, want_total - len(live), 0)
         for _ in range(min(new, self.endpoint.max_workers - len(live))):
             worker = Worker(id=self.ids.worker(), state=LOADING, since=now, started_at=now,
                             needs_report=self.needs_report, billed_until=now)  # fmt: skip
@@ -369,29 +452,48 @@ class Engine:
             self._boot(worker, now, resume=False)
             actions.append(Action("start", worker.id))
 
+        active = self._active()
         excess = len(active) - want_active
         if excess > 0:
-            timeout = self.endpoint.inactivity_timeout
-            idle = [w for w in active if w.state == READY and not w.used and now - w.last_busy >= timeout]
-            for worker in sorted(idle, key=lambda w: w.last_busy)[:excess]:
+            idle = [w for w in active if w.state == READY and not w.used and self._idle_enough(w, now)]
+            for worker in self.rng.sample(idle, min(excess, len(idle))):
                 self._set_state(worker, INACTIVE, now)
                 actions.append(Action("stop", worker.id))
 
+        live = [w for w in self.workers.values() if w.state != ERROR]
         surplus = len(live) - want_total
         if surplus > 0:
             old = [w for w in live if w.state == INACTIVE and now - w.since >= self.destroy_after]
             for worker in sorted(old, key=lambda w: w.since)[:surplus]:
-                self._bill(worker, now)
-                del self.workers[worker.id]
-                actions.append(Action("destroy", worker.id))
+                actions.append(self._destroy(worker, now, "destroyed"))
         return actions
 
+    def _active(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state in (LOADING, READY)]
+
+    def _idle_enough(self, worker: Worker, now: float) -> bool:
+        seconds = self.lenient.worker_idle_seconds
+        return now - worker.last_busy >= (LOAD_REPORT_SECONDS if seconds is None else max(seconds, LOAD_REPORT_SECONDS))
+
+    def _resume_failure(self) -> float:
+        override = self._resume_failure_override()
+        return self.resume_failure if override is None else override
+
     def _booted(self, worker: Worker, now: float) -> bool:
-        return not worker.stuck and now >= worker.boot_until and (worker.reported or not worker.needs_report)
+        if worker.stuck or now < worker.boot_until:
+            return False
+        return worker.reported if worker.needs_report else now >= worker.ready_at
 
     def _boot(self, worker: Worker, now: float, *, resume: bool) -> None:
         self._set_state(worker, LOADING, now)
         worker.boot_until = now + (self.resume if resume else self.cold_start)
+        worker.ready_at = worker.boot_until
+        if not self.lenient.early_readiness:
+            # The library reports 1 s after it starts, then every report_interval: readiness is seen
+            # at the first report after the model has loaded.
+            first = now + FIRST_REPORT_SECONDS
+            reports = max(0, math.ceil((worker.boot_until - first) / self.report_interval - 1e-9))
+            worker.ready_at = first + reports * self.report_interval
         worker.reported = False
         worker.stuck = self._stuck()
         worker.error = ""
@@ -401,6 +503,13 @@ class Engine:
     def _set_state(self, worker: Worker, state: str, now: float) -> None:
         self._bill(worker, now)
         worker.state, worker.since = state, now
+        self.worker_log.append({"t": now, "worker_id": worker.id, "state": SDK_STATUS[state]})
+
+    def _destroy(self, worker: Worker, now: float, why: str) -> Action:
+        self._bill(worker, now)
+        del self.workers[worker.id]
+        self.worker_log.append({"t": now, "worker_id": worker.id, "state": why})
+        return Action("destroy", worker.id)
 
     def _bill(self, worker: Worker, now: float) -> None:
         self._billed.add(worker.state, max(0.0, now - worker.billed_until))

@@ -5,6 +5,7 @@ Set in the config (`faults:`) or at run time with `POST /_emulator/faults` (same
     routes:                       # by route name (ROUTE_NAMES) or "*" for every emulated route
       route: {latency: 0.2, errors: {"429": 0.3, "503": 0.1}, hang: 0.05, hang_seconds: 30}
     stuck_cold_starts: 2          # the next 2 workers to boot never finish loading (true = all)
+    resume_failure: 0.5           # the chance a stopped worker's resume fails (null: the config's)
     crash_worker: random          # one-shot: kill a worker (an id, or "random"); `endpoint` narrows it
 
 Route faults apply to the emulator's own routes (web API, autoscaler, report routes and the
@@ -56,6 +57,7 @@ class Faults(BaseModel):
 
     routes: dict[str, RouteFault] = Field(default_factory=dict)
     stuck_cold_starts: int | bool = Field(default=0, ge=0)
+    resume_failure: float | None = Field(default=None, ge=0, le=1)
     crash_worker: int | Literal["random"] | None = None
     endpoint: str | None = None  # narrows crash_worker: "random" to one endpoint
     seed: int | None = None
@@ -75,6 +77,7 @@ class FaultState:
     def __init__(self, faults: Faults):
         self.routes: dict[str, RouteFault] = {}
         self.stuck_cold_starts: int | bool = 0
+        self.resume_failure: float | None = None
         self.random = random.Random()
         self.update(faults)
 
@@ -84,6 +87,8 @@ class FaultState:
             self.routes = dict(faults.routes)
         if "stuck_cold_starts" in given:
             self.stuck_cold_starts = faults.stuck_cold_starts
+        if "resume_failure" in given:
+            self.resume_failure = faults.resume_failure
         if faults.seed is not None:
             self.random.seed(faults.seed)
 
@@ -100,6 +105,7 @@ class FaultState:
         return {
             "routes": {name: fault.model_dump() for name, fault in self.routes.items()},
             "stuck_cold_starts": self.stuck_cold_starts,
+            "resume_failure": self.resume_failure,
         }
 
     def for_route(self, name: str | None) -> RouteFault | None:

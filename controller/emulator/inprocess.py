@@ -12,8 +12,8 @@ from a real null worker, while a thousand of them cost a few dictionaries:
 - a GC pass every gc_interval ends expired sessions; every close POSTs on_close_route (best effort,
   10 s) with on_close_payload plus session_id, and frees the request_idx as /delete_requests/ would.
 
-Extra statuses only a virtual worker needs: 404 unknown worker id, 503 worker not running (where a
-real one refuses the connection).
+A worker that is not running (unknown, stopped or crashed) drops the connection without an answer,
+as a real one refuses it; with `lenient.gone_worker_answers` it answers 404 (unknown) or 503.
 """
 
 from __future__ import annotations
@@ -80,11 +80,17 @@ class InprocessWorkers:
         worker_id = int(request.match_info["worker_id"])
         engine = self.pool.engine_of(worker_id)
         if engine is None or self.pool.kind_name != "inprocess":
-            return _error(404, f"worker {worker_id} not found")
+            return self._gone(request, 404, f"worker {worker_id} not found")
         worker = engine.workers[worker_id]
         if worker.state != READY:
-            return _error(503, f"worker {worker_id} is not running ({worker.state})")
+            return self._gone(request, 503, f"worker {worker_id} is not running ({worker.state})")
         return engine, worker
+
+    def _gone(self, request: web.Request, status: int, message: str) -> web.Response:
+        """No running worker at this address: the connection drops (the answer is never sent)."""
+        if not self.pool.config.lenient.gone_worker_answers and request.transport is not None:
+            request.transport.abort()
+        return _error(status, message)
 
     async def _worker_and_body(self, request: web.Request) -> tuple[Engine, Worker, dict] | web.Response:
         """The running worker a request is for, and its JSON body (or the error answer)."""
@@ -129,8 +135,8 @@ class InprocessWorkers:
         request_idx = request_idx if isinstance(request_idx, int) and not isinstance(request_idx, bool) else None
         if len(worker.sessions) >= engine.max_sessions:
             if request_idx is not None:
-                engine.requests_done(worker.id, [request_idx], self.pool.clock())
-            return _error(429, "worker is at max_sessions")
+                engine.rejected(worker.id, [request_idx], self.pool.clock())
+            return web.Response(status=429)  # as the library: no body
         cost = auth_data.get("cost")
         on_close_route = payload.get("on_close_route")
         now = self.pool.clock()

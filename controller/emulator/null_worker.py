@@ -19,7 +19,7 @@ Environment (as the library reads it on an instance): WORKER_PORT, CONTAINER_ID,
 MASTER_TOKEN; these default for loopback: VAST_TCP_PORT_<WORKER_PORT>=WORKER_PORT,
 PUBLIC_IPADDR=127.0.0.1, USE_SSL=false, UNSECURED=true; NULL_CONTROL_PORT (18999),
 BACKEND_HEALTH_URL, MAX_RESERVATION_SECONDS (3600), NULL_WORKER_FLAVOR (sessions).
-EMULATOR_EVENTS_URL is set only by the local emulator: see `SessionWatcher`.
+EMULATOR_EVENTS_URL and EMULATOR_EARLY_READINESS are set only by the local emulator: see `SessionWatcher`.
 
 Run: `python -m controller.emulator.null_worker [--flavor sessions|reserve]` from the worker's
 own working directory.
@@ -95,20 +95,22 @@ class SessionWatcher:
     log needs session ids, expirations and why each session ended. So this diffs the library's
     `backend.sessions` every WATCH_INTERVAL and POSTs the changes to EMULATOR_EVENTS_URL (retried
     until delivered). A close is `release` when /release ended it, `expire` when its expiration had
-    passed, else `end`. It also flags the first ready status as pending, so the library reports
-    readiness within a second instead of at its next 10 s report.
+    passed, else `end`. With `early_readiness` (the emulator's lenient flag) it also flags the
+    first ready status as pending, so the library reports readiness within a second instead of at
+    its next 10 s report, as it does on Vast.
     """
 
-    def __init__(self, url: str, worker_id: int, mtoken: str):
+    def __init__(self, url: str, worker_id: int, mtoken: str, *, early_readiness: bool = False):
         self.url = url
         self.worker_id = worker_id
         self.mtoken = mtoken
+        self.early_readiness = early_readiness
         self.released: set[str] = set()  # session ids /release is ending
 
     async def run(self, backend: Any) -> None:
         known: dict[str, dict[str, Any]] = {}
         pending: list[dict[str, Any]] = []
-        announced_ready = False
+        announced_ready = not self.early_readiness
         async with ClientSession(timeout=ClientTimeout(total=5)) as http:
             while True:
                 await asyncio.sleep(WATCH_INTERVAL)
@@ -285,7 +287,8 @@ async def serve(flavor: str) -> None:
     events_url = os.environ.get("EMULATOR_EVENTS_URL")
     watcher = None
     if events_url:
-        watcher = SessionWatcher(events_url, int(os.environ["CONTAINER_ID"]), os.environ["MASTER_TOKEN"])
+        watcher = SessionWatcher(events_url, int(os.environ["CONTAINER_ID"]), os.environ["MASTER_TOKEN"],
+                                 early_readiness=os.environ.get("EMULATOR_EARLY_READINESS") == "1")  # fmt: skip
     control = ControlServer(
         int(os.environ.get("NULL_CONTROL_PORT", "18999")),
         os.environ.get("BACKEND_HEALTH_URL") or None,

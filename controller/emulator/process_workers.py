@@ -45,11 +45,12 @@ class WorkerPorts:
     worker: int  # the library's public port (WORKER_PORT): handlers and /session/*
     internal: int  # the library's plain-http port for in-instance calls (WORKER_HTTP_PORT)
     control: int  # the null worker's control server (NULL_CONTROL_PORT)
+    health: int  # the consumer's /health (HEALTH_PORT), when it serves one
 
     @classmethod
     def pick(cls) -> WorkerPorts:
         ports: set[int] = set()
-        while len(ports) < 3:
+        while len(ports) < 4:
             ports.add(free_port())
         return cls(*sorted(ports))
 
@@ -67,6 +68,7 @@ class NullWorkerProcess:
         queue_url: str | None = None,
         env: dict[str, str] | None = None,
         consumer_env: dict[str, str] | None = None,
+        consumer_health: bool = False,
     ):
         self.worker_id = worker_id
         self.report_addr = report_addr
@@ -75,6 +77,7 @@ class NullWorkerProcess:
         self.queue_url = queue_url
         self.extra_env = env or {}
         self.consumer_env = consumer_env or {}
+        self.consumer_health = consumer_health and self.consumer_command is not None
         self.ports = WorkerPorts.pick()
         self.workdir: Path | None = None
         self._worker: asyncio.subprocess.Process | None = None
@@ -115,8 +118,10 @@ class NullWorkerProcess:
             "UNSECURED": "true",
             "NULL_WORKER_FLAVOR": self.flavor,
             **({"QUEUE_URL": self.queue_url} if self.queue_url else {}),
+            **({"HEALTH_PORT": str(self.ports.health),
+                "BACKEND_HEALTH_URL": f"http://127.0.0.1:{self.ports.health}/health"} if self.consumer_health else {}),
             **self.extra_env,
-        }
+        }  # fmt: skip
 
     async def start(self) -> None:
         """Spawn the worker, then its consumer in the same process group."""

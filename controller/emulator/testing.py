@@ -1,11 +1,13 @@
 """`running_emulator()`: the emulator on a free port in the current event loop, for tests.
 
-    async with running_emulator(cold_start_seconds=0.5, inactivity_timeout=2) as emu:
+    async with running_emulator(**RECOMMENDED_ENDPOINT, cold_start_seconds=0.5) as emu:
         client = Serverless(emu.api_key, autoscaler_url=emu.url, webserver_url=emu.url)
         ...
         state = await emu.state()
 
-Overrides are top-level config fields, or endpoint fields applied to every endpoint.
+Overrides are top-level config fields, or endpoint fields applied to every endpoint. The
+emulator's endpoint defaults are a new Vast endpoint's; RECOMMENDED_ENDPOINT is what this
+project's users set in the Vast console, as the tests and the demo do.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from aiohttp import web
 from controller.emulator.app import EmulatorServer
 from controller.emulator.config import EmulatorConfig, build_config
 from controller.emulator.workers import WorkerPool
+from controller.endpoint_params import RECOMMENDED
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+#: The recommended parameters, and no cold workers (so an idle endpoint has no worker at all).
+RECOMMENDED_ENDPOINT = {**RECOMMENDED, "cold_workers": 0, "cold_mult": 1.0}
 
 
 @dataclass

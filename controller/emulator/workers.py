@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +40,16 @@ from controller.emulator.process_workers import NullWorkerProcess, signal_group,
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 SESSION_LOG_KEPT = 100_000
+
+
+@dataclass
+class OffsetClock:
+    """Wall-clock time shifted by `offset` seconds; tests move it forward to simulate days."""
+
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
 
 
 class WorkerKind(Protocol):
@@ -76,9 +87,10 @@ class ProcessKind:
         process = NullWorkerProcess(
             worker.id, self.pool.report_addr, flavor=self.pool.config.worker_flavor,
             consumer=consumer.command if consumer else None, queue_url=consumer.queue_url if consumer else None,
-            consumer_env=consumer.env if consumer else None,
+            consumer_env=consumer.env if consumer else None, consumer_health=bool(consumer and consumer.health),
             env={"EMULATOR_EVENTS_URL": f"{self.pool.report_addr}/_emulator/worker_events/",
-                 "MAX_RESERVATION_SECONDS": str(self.pool.config.max_reservation_seconds)},
+                 "MAX_RESERVATION_SECONDS": str(self.pool.config.max_reservation_seconds),
+                 **({"EMULATOR_EARLY_READINESS": "1"} if self.pool.config.lenient.early_readiness else {})},
         )  # fmt: skip
         self.processes[worker.id] = process
         worker.url, worker.control_url = process.url, process.control_url
@@ -159,12 +171,13 @@ class WorkerPool:
         *,
         faults: FaultState,
         signer: Any,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ):
         self.config = config
         self.faults = faults
         self.signer = signer
-        self.clock = clock
+        # In-process workers and the engines share this clock; process workers keep their own.
+        self.clock = clock or OffsetClock(config.clock_offset_seconds)
         self.base_url = ""  # set once the server listens
         self.report_addr = ""
         self.http: ClientSession | None = None
@@ -174,7 +187,8 @@ class WorkerPool:
         ids = Ids()
         self.engines: dict[str, Engine] = {
             ep.name: Engine(ep, config, ids=ids, events=self.events, needs_report=self.kind.needs_report,
-                            max_sessions=self.kind.max_sessions, stuck=faults.take_stuck)  # fmt: skip
+                            max_sessions=self.kind.max_sessions, stuck=faults.take_stuck,
+                            resume_failure=lambda: faults.resume_failure)  # fmt: skip
             for ep in config.endpoints
         }
         self._tasks: dict[int, asyncio.Task] = {}
@@ -301,11 +315,16 @@ class WorkerPool:
                 self.kind.crash(worker_id)
         return None
 
-    def delete_requests(self, worker_id: Any, mtoken: Any, request_idxs: list[int]) -> str | None:
+    def delete_requests(
+        self, worker_id: Any, mtoken: Any, request_idxs: list[int], rejected: list[int]
+    ) -> str | None:
+        """The library's /delete_requests/: finished requests, and `rejected` ones (a 429 it answered)."""
         engine = self._reporting(worker_id, mtoken)
         if isinstance(engine, str):
             return engine
-        engine.requests_done(worker_id, request_idxs, self.clock())
+        now = self.clock()
+        engine.rejected(worker_id, rejected, now)
+        engine.requests_done(worker_id, [i for i in request_idxs if i not in rejected], now)
         return None
 
     def worker_events(self, worker_id: Any, mtoken: Any, events: list[dict[str, Any]]) -> str | None:

@@ -4,14 +4,27 @@ Loop: take one unit from the queue, work, ack; when no next unit is waiting, rel
 session with `POST http://127.0.0.1:$NULL_CONTROL_PORT/release`, so the controller's open sessions
 keep matching the work in flight. Taking the next unit before releasing keeps a busy worker's
 session on that worker instead of handing it back to the router, which might reserve another
-worker and leave this one session-less (Vast stops those after `inactivity_timeout`).
-It also serves `GET /health` for the worker's `BACKEND_HEALTH_URL`.
+worker and leave this one session-less.
+
+Vast stops a worker it sees without a session whenever it has more active workers than sessions
+need, and it routes a new session to a free worker of its choosing; the null worker does not tell
+its consumer whether it holds a session. So a consumer takes no unit while its worker is likely
+to be stopped: not before Vast has seen the worker ready and has had time to stop it if it booted
+only as spare capacity (READY_SETTLE_SECONDS after the worker library's first health check of
+`GET /health`, which it makes when it is ready; set the worker's BACKEND_HEALTH_URL to it), and
+not within SETTLE_SECONDS after releasing (Vast stops it then if no session came). A unit cut
+short anyway (a worker stopped or crashed) is taken over by another consumer after
+CLAIM_IDLE_SECONDS (streams) or when this consumer restarts (lists).
 
 Environment:
   QUEUE_URL          redis://host:port/db?stream=KEY&group=GROUP
                      or redis://host:port/db?list=KEY (processing list KEY:processing:NAME)
   NULL_CONTROL_PORT  the null worker's control port (default 18999)
-  HEALTH_PORT        where /health is served (default 9090; 0 = off)
+  HEALTH_PORT        where /health is served (default 9090; 0 = off: readiness is then unknown,
+                     and the first unit waits READY_SETTLE_SECONDS from the start)
+  READY_SETTLE_SECONDS  after the worker is ready, before the first unit (12: the library's 10 s
+                     report that tells Vast, and a little more)
+  SETTLE_SECONDS     after a release, before the next unit (3)
   CONSUMER_NAME      default: VAST_WORKER_ID, CONTAINER_ID or the host name
   RESULTS_KEY        optional Redis list that receives one JSON line per finished unit
   CLAIM_IDLE_SECONDS stream units pending longer than this on a dead consumer are taken over (300)
@@ -57,10 +70,14 @@ def release_session(control_port: int, attempts: int = 5) -> None:
             time.sleep(min(5.0, 0.2 * 2**attempt))
 
 
-def serve_health(port: int) -> ThreadingHTTPServer:
+def serve_health(port: int, checked: threading.Event) -> ThreadingHTTPServer:
+    """`GET /health`; `checked` is set at the first one (the worker library is ready)."""
+
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             ok = self.path.rstrip("/") == "/health"
+            if ok:
+                checked.set()
             self.send_response(200 if ok else 404)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -167,17 +184,35 @@ async def take_unless_stopped(queue: StreamQueue | ListQueue, stop: asyncio.Even
     return None
 
 
-async def consume(stop: asyncio.Event) -> None:
+async def settle(seconds: float, stop: asyncio.Event) -> None:
+    """Wait `seconds` (or until told to stop): if Vast is to stop this worker, let it be now."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def until_ready(checked: threading.Event | None, stop: asyncio.Event) -> None:
+    """Until the worker library's first health check (nothing to wait for without one)."""
+    while checked is not None and not checked.is_set() and not stop.is_set():
+        await settle(0.2, stop)
+
+
+async def consume(stop: asyncio.Event, checked: threading.Event | None = None) -> None:
     name = os.environ.get("CONSUMER_NAME") or os.environ.get("VAST_WORKER_ID") or os.environ.get(
         "CONTAINER_ID"
     ) or socket.gethostname()
     control_port = int(os.environ.get("NULL_CONTROL_PORT", "18999"))
     results_key = os.environ.get("RESULTS_KEY")
+    ready_settle = float(os.environ.get("READY_SETTLE_SECONDS", "12"))
+    release_settle = float(os.environ.get("SETTLE_SECONDS", "3"))
     client, queue = open_queue(
         os.environ["QUEUE_URL"], name, float(os.environ.get("CLAIM_IDLE_SECONDS", "300"))
     )
     await queue.setup()
     log.info("consumer %s started", name)
+    await until_ready(checked, stop)
+    await settle(ready_settle, stop)
     taken = None
     while not stop.is_set():
         taken = taken or await take_unless_stopped(queue, stop)
@@ -193,20 +228,22 @@ async def consume(stop: asyncio.Event) -> None:
         taken = None if stop.is_set() else await take(queue, wait=False)
         if taken is None:
             await asyncio.to_thread(release_session, control_port)
+            await settle(release_settle, stop)
     await client.aclose()
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s consumer %(levelname)s %(message)s")
     health_port = int(os.environ.get("HEALTH_PORT", "9090"))
-    health = serve_health(health_port) if health_port else None
+    checked = threading.Event() if health_port else None
+    health = serve_health(health_port, checked) if checked is not None else None
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await consume(stop)
+        await consume(stop, checked)
 
     try:
         asyncio.run(run())

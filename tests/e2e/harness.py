@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, free_port
 
 from controller.child import start_controller
-from controller.emulator.testing import RunningEmulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, RunningEmulator
 
-#: Fast worker timings: the tests are about the controller, not about waiting for GPUs.
-EMULATOR_TIMINGS = {"cold_start_seconds": 0.5, "resume_seconds": 0.2, "inactivity_timeout": 30}
+#: The endpoint as a user sets it up, and fast worker timings: the tests are about the controller,
+#: not about waiting for GPUs. Everything else is the emulator's default: Vast as documented.
+EMULATOR_TIMINGS = {**RECOMMENDED_ENDPOINT, "cold_start_seconds": 0.5, "resume_seconds": 0.2}
 
 
 #: A recognisable account key: no log line or metric may ever contain it.

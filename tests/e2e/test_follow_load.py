@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from harness import API_KEY, count, scaler_config, wait_for
 from support import free_port
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
 POLL = 0.5
@@ -50,15 +50,19 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
     consumer = {
         "command": f"{sys.executable} {CONSUMER}",
         "queue_url": queue.source_url,
-        "env": {"RESULTS_KEY": results, "HEALTH_PORT": "0"},
+        "env": {"RESULTS_KEY": results},
+        "health": True,
     }
     async with running_emulator(
-        api_key=API_KEY, workers="process", cold_start_seconds=1.0, inactivity_timeout=10, consumer=consumer
+        api_key=API_KEY, workers="process", **RECOMMENDED_ENDPOINT, cold_start_seconds=1.0, consumer=consumer
     ) as emulator:
         port = free_port()
         config = scaler_config(emulator, queue.source_url, callback_url=f"http://127.0.0.1:{port}")
         config["scalers"][0]["poll_interval"] = POLL
         config["scalers"][0]["policy"]["scale_down_delay"] = 0
+        # A fresh worker's consumer waits for Vast to have seen it ready (READY_SETTLE_SECONDS), so
+        # at the peak more units wait than the endpoint's 20 workers: no policy cap below the work.
+        config["scalers"][0]["policy"]["max_sessions"] = 40
         controller = await controllers({**config, "metrics_port": port}).start()
 
         produced: list[tuple[float, str]] = []

@@ -12,7 +12,7 @@ import pytest
 from emulator_support import call, endpoint_state, sdk
 from support import eventually
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 
 async def test_route_faults_add_latency_errors_and_hangs_until_cleared():
@@ -48,7 +48,8 @@ async def test_a_429_from_route_fails_the_sdk_session_at_once_and_faults_load_fr
 
 
 async def test_a_crashed_worker_loses_its_session_and_the_next_session_gets_another_worker():
-    async with running_emulator(cold_start_seconds=0.2) as emu, sdk(emu, max_poll_interval=1.0) as client:
+    async with running_emulator(**RECOMMENDED_ENDPOINT, cold_start_seconds=0.2) as emu, \
+            sdk(emu, max_poll_interval=1.0) as client:  # fmt: skip
         endpoint = await client.get_endpoint("demo")
         session = await endpoint.session(cost=100, lifetime=60, timeout=30)
         worker_id = int(session.url.rsplit("/", 1)[1])
@@ -67,7 +68,8 @@ async def test_a_crashed_worker_loses_its_session_and_the_next_session_gets_anot
 
 
 async def test_a_cold_start_that_never_finishes():
-    async with running_emulator(cold_start_seconds=0.1) as emu, sdk(emu, max_poll_interval=1.0) as client:
+    async with running_emulator(**RECOMMENDED_ENDPOINT, cold_start_seconds=0.1) as emu, \
+            sdk(emu, max_poll_interval=1.0) as client:  # fmt: skip
         await emu.set_faults({"stuck_cold_starts": 1})
         endpoint = await client.get_endpoint("demo")
         with pytest.raises(asyncio.TimeoutError):
@@ -86,7 +88,8 @@ async def test_a_process_worker_crash_kills_it_and_its_consumer(tmp_path):
         "time.sleep(600)"
     )  # fmt: skip
     consumer = {"command": f"{sys.executable} -c \"{script}\"", "env": {"EXTRA": "1"}, "queue_url": "redis://q"}
-    async with running_emulator(workers="process", cold_workers=1, cold_start_seconds=0, consumer=consumer) as emu:
+    always_one = {**RECOMMENDED_ENDPOINT, "min_load": 100}
+    async with running_emulator(workers="process", **always_one, cold_start_seconds=0, consumer=consumer) as emu:
         seen = await eventually(lambda: report.exists() and report.read_text(), 20, "the consumer to start")
         env = json.loads(seen)
         (worker,) = endpoint_state(await emu.state())["workers"]

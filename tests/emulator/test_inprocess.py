@@ -13,7 +13,10 @@ from emulator_support import call, endpoint_state, sdk
 from support import eventually
 
 from controller.emulator.process_workers import free_port
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
+
+#: One worker kept active with no demand at all.
+ALWAYS_ONE = {**RECOMMENDED_ENDPOINT, "min_load": 100, "cold_start_seconds": 0}
 
 
 def reserve_body(emu, url: str, request_idx: int, duration) -> dict:
@@ -23,12 +26,11 @@ def reserve_body(emu, url: str, request_idx: int, duration) -> dict:
 
 
 async def test_reserve_flavor_holds_until_duration_release_or_disconnect():
-    async with running_emulator(worker_flavor="reserve", cold_workers=1, cold_start_seconds=0,
-                                inactivity_timeout=60) as emu, sdk(emu) as client:  # fmt: skip
+    async with running_emulator(worker_flavor="reserve", **ALWAYS_ONE) as emu, sdk(emu) as client:
         endpoint = await client.get_endpoint("demo")
         result = await endpoint.request("/reserve", {"duration": 0.2})
         assert result["response"] == {"result": {"released": "duration_elapsed", "duration": 0.2}}
-        (worker,) = endpoint_state(await emu.state())["workers"]
+        (worker,) = [w for w in endpoint_state(await emu.state())["workers"] if w["url"] == result["url"]]
         url = worker["url"]
 
         held = asyncio.create_task(call("POST", f"{url}/reserve", reserve_body(emu, url, 901, 600)))
@@ -70,7 +72,8 @@ async def test_a_full_endpoint_makes_a_second_session_wait_and_on_close_route_is
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with running_emulator(max_workers=1, cold_start_seconds=0.1) as emu, sdk(emu) as client:
+        async with running_emulator(**RECOMMENDED_ENDPOINT, max_workers=1, cold_start_seconds=0.1) as emu, \
+                sdk(emu) as client:  # fmt: skip
             endpoint = await client.get_endpoint("demo")
             session = await endpoint.session(
                 cost=100, lifetime=60, timeout=30,
@@ -93,13 +96,16 @@ async def test_a_consumer_runs_beside_each_inprocess_worker_and_stops_with_it(tm
         "time.sleep(600)"
     )  # fmt: skip
     consumer = {"command": f"{sys.executable} -c \"{script}\"", "queue_url": "nats://q"}
-    async with running_emulator(cold_workers=1, cold_start_seconds=0, inactivity_timeout=1,
-                                consumer=consumer) as emu:  # fmt: skip
+    # inactivity_timeout 0: the worker stops as soon as its session ends.
+    async with running_emulator(**{**RECOMMENDED_ENDPOINT, "inactivity_timeout": 0}, cold_start_seconds=0.2,
+                                consumer=consumer) as emu, sdk(emu) as client:  # fmt: skip
+        session = await (await client.get_endpoint("demo")).session(cost=100, lifetime=60, timeout=30)
         env = json.loads(await eventually(lambda: report.exists() and report.read_text(), 10, "the consumer"))
         (worker,) = endpoint_state(await emu.state())["workers"]
         assert (env["NULL_CONTROL_URL"], env["VAST_WORKER_ID"], env["QUEUE_URL"]) == (
             worker["control_url"], str(worker["id"]), "nats://q")  # fmt: skip
         assert await call("GET", f"{env['NULL_CONTROL_URL']}/health") == (200, {"ok": True})
+        await session.close()
         await eventually(lambda: not _alive(env["pid"]), 10, "the consumer to stop with its idle worker")
 
 

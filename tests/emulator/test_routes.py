@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 from emulator_support import call, endpoint_state
 from support import eventually
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 BAD_JSON = "{not json"
+#: One worker kept active with no demand at all.
+ALWAYS_ONE = {**RECOMMENDED_ENDPOINT, "min_load": 100, "cold_start_seconds": 0}
 
 
 @pytest.fixture
 async def emu():
-    async with running_emulator(cold_workers=1, cold_start_seconds=0, inactivity_timeout=60) as running:
+    async with running_emulator(**ALWAYS_ONE) as running:
         await eventually(lambda: _ready(running), 5, "the cold worker")
         yield running
 
@@ -95,15 +98,12 @@ async def test_web_api_autoscaler_and_report_routes_refuse_bad_input(emu):
 
 async def test_worker_routes_answer_as_the_worker_library_does(emu):
     url, auth, session_id = await open_session(emu)
-    unknown = f"{emu.url}/workers/99999"
     good_end = {"session_id": session_id, "session_auth": auth}
     cases = [
-        (f"{unknown}/session/create", {"auth_data": auth, "payload": {}}, None, 404),
         (f"{url}/session/create", None, BAD_JSON, 422),
         (f"{url}/session/create", {"payload": {}}, None, 422),
         (f"{url}/session/create", {"auth_data": auth}, None, 422),
         (f"{url}/session/create", {"auth_data": auth, "payload": {"lifetime": "long"}}, None, 422),
-        (f"{url}/session/create", {"auth_data": auth, "payload": {"lifetime": 60}}, None, 429),
         (f"{url}/session/end", None, BAD_JSON, 422),
         (f"{url}/session/end", {"session_auth": auth}, None, 422),
         (f"{url}/session/end", {"session_id": "nope", "session_auth": auth}, None, 400),
@@ -120,12 +120,13 @@ async def test_worker_routes_answer_as_the_worker_library_does(emu):
         (f"{url}/ping", {"auth_data": auth, "payload": [1]}, None, 422),
         (f"{url}/ping", {"auth_data": auth, "payload": {}, "session_id": "gone"}, None, 410),
         (f"{url}/ping", {"auth_data": {**auth, "signature": "Zm9v"}, "payload": {}}, None, 401),
-        (f"{unknown}/control/release", {}, None, 404),
     ]
     for target, body, raw, expected in cases:
         status, answer = await call("POST", target, body, raw=raw)
         assert status == expected, (target, body, raw, answer)
         assert isinstance(answer, dict) and answer, (target, answer)
+    assert await call("POST", f"{url}/session/create", {"auth_data": auth, "payload": {"lifetime": 60}}) == (
+        429, None), "full: 429 with no body, as the library answers"  # fmt: skip
     assert await call("POST", f"{url}/session/health", {"session_id": "nope", "session_auth": auth}) == (
         200, {"ok": False})  # fmt: skip
     assert await call("POST", f"{url}/session/health", good_end) == (200, {"ok": True})
@@ -134,17 +135,27 @@ async def test_worker_routes_answer_as_the_worker_library_does(emu):
     assert (await call("POST", f"{url}/session/end", good_end))[0] == 400, "ended: it does not exist any more"
 
 
-async def test_a_stopped_worker_answers_503_and_endpoints_list_with_their_keys(emu):
-    async with running_emulator(cold_workers=1, cold_start_seconds=0, inactivity_timeout=0) as idle:
-        stopped = await eventually(lambda: _stopped(idle), 5, "the idle cold worker to stop")
-        status, answer = await call("POST", f"{stopped['url']}/session/create", {"auth_data": {}, "payload": {}})
-        assert status == 503 and "not running" in answer["error"]
+async def test_a_worker_that_is_not_running_refuses_and_endpoints_list_with_their_keys(emu):
+    # A cold worker boots and stops: at its address, nothing answers any more.
+    cold = {**RECOMMENDED_ENDPOINT, "cold_workers": 1, "cold_start_seconds": 0}
+    for lenient, expected in (({}, None), ({"gone_worker_answers": True}, 503)):
+        async with running_emulator(**cold, lenient=lenient) as idle:
+            stopped = await eventually(lambda: _stopped(idle), 5, "the cold worker to stop")
+            for route in ("/session/create", "/session/get", "/control/release"):
+                if expected is None:
+                    with pytest.raises(aiohttp.ServerDisconnectedError):
+                        await call("POST", f"{stopped['url']}{route}", {"auth_data": {}, "payload": {}})
+                else:
+                    status, answer = await call("POST", f"{stopped['url']}{route}", {"auth_data": {}, "payload": {}})
+                    assert status == 503 and "not running" in answer["error"]
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await call("POST", f"{emu.url}/workers/99999/session/create", {"auth_data": {}, "payload": {}})
     status, listing = await call("GET", f"{emu.url}/api/v0/endptjobs/?client_id=me&api_key={emu.api_key}")
     assert status == 200 and listing["success"] is True
     (endpoint,) = listing["results"]
     assert endpoint["endpoint_name"] == "demo" and endpoint["api_key"] == emu.endpoint_key()
     assert {k: endpoint[k] for k in ("target_util", "min_load", "max_queue_time", "target_queue_time")} == {
-        "target_util": 1.0, "min_load": 0.0, "max_queue_time": 1.0, "target_queue_time": 0.5}  # fmt: skip
+        "target_util": 1.0, "min_load": 100.0, "max_queue_time": 1.0, "target_queue_time": 0.5}  # fmt: skip
     status, one = await call("GET", f"{emu.url}/api/v0/endptjobs/{endpoint['id']}/",
                              headers={"Authorization": f"Bearer {emu.api_key}"})  # fmt: skip
     assert status == 200 and one["result"] == endpoint

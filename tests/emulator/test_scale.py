@@ -6,13 +6,13 @@ import asyncio
 
 from emulator_support import endpoint_state, max_concurrent_per_worker, sdk
 
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 SESSIONS = 1000
 
 
 async def test_a_thousand_concurrent_sessions_each_on_its_own_worker():
-    async with running_emulator(max_workers=SESSIONS, cold_start_seconds=0.5, inactivity_timeout=60) as emu:
+    async with running_emulator(**RECOMMENDED_ENDPOINT, max_workers=SESSIONS, cold_start_seconds=0.5) as emu:
         async with sdk(emu, max_poll_interval=2.0) as client:
             endpoint = await client.get_endpoint("demo")
             sessions = await asyncio.gather(
