@@ -12,11 +12,10 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
 
 from controller.emulator.config import EmulatorConfig, EmulatorConfigError, build_config, load_config
 
-__all__ = ["EmulatorConfig", "EmulatorConfigError", "build_config", "load_config", "main", "serve"]
+__all__ = ["EmulatorConfig", "EmulatorConfigError", "build_config", "load_config", "serve"]
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -45,10 +44,3 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`vast-queue-scaler emulator ...` as a function: the same flags, parsed by the CLI."""
-    from controller.cli import main as cli_main
-
-    return cli_main(["emulator", *(sys.argv[1:] if argv is None else argv)])

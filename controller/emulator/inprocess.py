@@ -23,15 +23,13 @@ import logging
 import math
 import random
 import string
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from aiohttp import ClientError, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from controller.emulator.config import WORKER_PERF
+from controller.emulator.config import WORKER_PERF, EmulatorConfig
 from controller.emulator.engine import READY, Engine, SessionInfo, Worker
-
-if TYPE_CHECKING:
-    from controller.emulator.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 ON_CLOSE_TIMEOUT = ClientTimeout(total=10)
@@ -55,10 +53,25 @@ def _seconds(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
+class Pool(Protocol):
+    """What the in-process workers need of the worker pool (controller/emulator/workers.py)."""
+
+    config: EmulatorConfig
+    signer: Any
+    http: ClientSession | None
+    engines: dict[str, Engine]
+    clock: Callable[[], float]
+
+    @property
+    def kind_name(self) -> str: ...
+
+    def engine_of(self, worker_id: int) -> Engine | None: ...
+
+
 class InprocessWorkers:
     """The HTTP side of every in-process worker; state lives in the endpoints' engines."""
 
-    def __init__(self, pool: WorkerPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
         self.reserve = pool.config.worker_flavor == "reserve"
         self._holds: dict[int, set[asyncio.Event]] = {}

@@ -29,8 +29,7 @@ from controller.simulation.bench import (
     wait_target,
 )
 from controller.simulation.measure import Result, simulate
-from controller.simulation.report import HOUR
-from controller.simulation.traces import Trace
+from controller.simulation.traces import HOUR, Trace
 
 _PREWARM = {"seconds_per_unit": 60.0, "rate_window": 600.0}
 #: The fixed settings swept: each knob alone over the values a user would try, and the pairs

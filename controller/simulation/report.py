@@ -23,9 +23,7 @@ from controller.simulation.bench import (
     wait_checks,
 )
 from controller.simulation.measure import Result
-from controller.simulation.traces import BUILT_IN, Trace, read_csv, write_csv
-
-HOUR = 3600.0
+from controller.simulation.traces import BUILT_IN, HOUR, Trace, read_csv, write_csv
 
 
 def run_cli(

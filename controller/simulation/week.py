@@ -11,8 +11,7 @@ from pathlib import Path
 
 from controller.simulation.bench import MODEL, POLICIES
 from controller.simulation.measure import Result, simulate
-from controller.simulation.report import HOUR
-from controller.simulation.traces import SCALE
+from controller.simulation.traces import HOUR, SCALE
 
 #: The limits every run must stay within.
 SECONDS, MEGABYTES = 60.0, 1024.0

@@ -11,7 +11,7 @@ import yaml
 from emulator_support import call
 from support import eventually
 
-from controller.emulator import main
+from controller.cli import main as cli_main
 from controller.emulator.process_workers import free_port
 
 
@@ -53,8 +53,8 @@ async def _state(url: str) -> dict | None:
 def test_a_bad_config_exits_2_naming_the_field(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"endpoints": [{"name": "jobs", "target_util": 2}], "workres": "x"}))
-    assert main(["--config", str(config)]) == 2
+    assert cli_main(["emulator", "--config", str(config)]) == 2
     error = capsys.readouterr().err
     assert "endpoints.0.target_util" in error and "workres" in error
-    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert cli_main(["emulator", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
