@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from controller.check import check
+from controller.child import clean_environment
 from controller.config import Config
 from controller.emulator.testing import running_emulator
 from controller.endpoint_params import RECOMMENDED
@@ -125,7 +126,7 @@ async def test_cli_check_prints_the_table_and_the_endpoints_parameters(tmp_path:
             f"  - {{name: more, source: '{source}', endpoint: other}}\n"
         )
         (tmp_path / "key").write_text("k\n")
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
+        env = clean_environment()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "controller", "check", "--config", str(path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,

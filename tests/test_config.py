@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.child import clean_environment
 from controller.config import PRODUCTION_AUTOSCALER_URL, PRODUCTION_WEBSERVER_URL, Config, parse_duration
 from controller.config_load import ConfigError, load_config
 
@@ -123,10 +124,8 @@ scalers:
     endpoint: ""
     poll_interval: soon
 """)
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("VQS_", "VAST_"))}
     result = subprocess.run(
-        [str(ROOT / ".venv/bin/vast-queue-scaler"), "check", "--config", str(path)],
-        capture_output=True, text=True, env=env, timeout=60,
+        [*CLI, "check", "--config", str(path)], capture_output=True, text=True, env=clean_environment(), timeout=60,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
