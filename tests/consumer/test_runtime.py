@@ -1,0 +1,106 @@
+"""Leases, progress, cancellation, /health and /metrics, with real `vqs-consumer` processes."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from conftest import LEASE, job
+from support import eventually, free_port
+
+
+async def test_heartbeats_keep_a_long_unit_on_its_worker(queue, workers, control):
+    """A unit three leases long is never taken over by the idle worker beside it."""
+    unit = job(slow_on="first", slow_seconds=3 * LEASE)
+    await queue.put(unit)
+    first = await workers(queue, "first")
+    await eventually(lambda: _in_flight(queue), 20, what="the unit in flight")
+    await workers(queue, "second")
+    result = await queue.result_for(unit["id"], timeout=10 * LEASE)
+    assert (result["worker"], result["attempt"]) == ("first", 1), first.output()
+    await queue.drained()
+    assert [r["id"] for r in await queue.results()] == [unit["id"]]
+    assert "lease lost" not in first.output()
+
+
+async def test_progress_events_are_published(redis_stream, redis_client, workers):
+    channel = f"{redis_stream.source}:progress"
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(channel)
+    unit = job(seconds=0.2)
+    await redis_stream.put(unit)
+    await workers(redis_stream, "only", "--progress", channel)
+
+    async def event() -> dict | None:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        return json.loads(message["data"]) if message else None
+
+    received = await eventually(event, 20, what="a progress event")
+    assert (received["id"], received["worker"], received["progress"], received["message"]) == (unit["id"], "only", 0.0, "started")
+    await pubsub.aclose()
+
+
+async def test_a_redis_cancel_key_reaches_the_handler(redis_stream, redis_client, workers, control):
+    unit = job(slow_on="only", slow_seconds=60)
+    await redis_stream.put(unit)
+    worker = await workers(redis_stream, "only")
+    await eventually(lambda: _in_flight(redis_stream), 20, what="the unit in flight")
+    stream = redis_stream.source.split("stream=")[1].split("&")[0]
+    await redis_client.set(f"{stream}:cancel:{unit['id']}", "1", ex=60)
+    result = await redis_stream.result_for(unit["id"], timeout=10)
+    assert result["status"] == "cancelled", worker.output()
+    await redis_stream.drained()
+    await eventually(lambda: len(control.releases) == 1, 10, what="the release after the cancelled unit")
+
+
+async def test_a_nats_cancel_message_reaches_the_handler(nats_queue, nats_url, workers):
+    import nats
+
+    unit = job(slow_on="only", slow_seconds=60)
+    await nats_queue.put(unit)
+    subject = f"cancel.{unit['id']}"
+    worker = await workers(nats_queue, "only", "--cancel", subject)
+    await eventually(lambda: _in_flight(nats_queue), 20, what="the unit in flight")
+    nc = await nats.connect(nats_url)
+    await nc.publish(subject, unit["id"].encode())
+    await nc.flush()
+    result = await nats_queue.result_for(unit["id"], timeout=10)
+    await nc.close()
+    assert result["status"] == "cancelled", worker.output()
+    await nats_queue.drained()
+
+
+async def test_health_fails_while_the_loop_is_stuck_and_metrics_count_units(redis_stream, workers):
+    port = free_port()
+    done = job(seconds=0)
+    await redis_stream.put(done)
+    await workers(redis_stream, "only", "--health-port", str(port), "--stuck-after", "1", target="block_loop")
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+        async def get(path: str) -> tuple[int, str] | None:
+            try:
+                async with http.get(url + path) as response:
+                    return response.status, await response.text()
+            except aiohttp.ClientConnectionError:
+                return None  # not listening yet
+
+        await redis_stream.result_for(done["id"])
+        assert (await eventually(lambda: get("/health"), 20, what="/health"))[0] == 200
+        metrics = (await get("/metrics"))[1]
+        assert 'vqs_consumer_units_total{outcome="done"} 1.0' in metrics
+        assert "vqs_consumer_unit_seconds_count 1.0" in metrics
+
+        await redis_stream.put(job(seconds=4))  # blocks the event loop itself for 4 s
+        status, body = await eventually(lambda: _status_is(get, 503), 20, what="/health failing")
+        assert json.loads(body)["state"] == "working"
+        await eventually(lambda: _status_is(get, 200), 20, what="/health passing again")
+
+
+async def _status_is(get, status: int) -> tuple[int, str] | None:
+    reply = await get("/health")
+    return reply if reply and reply[0] == status else None
+
+
+async def _in_flight(queue) -> bool:
+    return (await queue.depth())[1] == 1
