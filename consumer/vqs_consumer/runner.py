@@ -295,6 +295,7 @@ class Runner:
             wake.clear()
             if done.is_set():
                 return
+            self.health.step()  # the loop is alive; an unreachable queue is not a stuck worker
             try:
                 while progress:
                     await self.queue.publish_progress(json.dumps(progress.popleft()).encode())
@@ -306,7 +307,6 @@ class Runner:
                         log.warning("unit %s was taken over by another worker (lease lost)", ctx.unit_id)
                     if await self.queue.cancelled(delivery, ctx.unit_id):
                         ctx.cancel_event.set()
-                self.health.step()
             except QueueError as exc:
                 self.metrics.queue_errors.labels("heartbeat").inc()
                 log.warning("heartbeat for unit %s failed: %s", ctx.unit_id, exc)
