@@ -61,6 +61,7 @@ class Runner:
         )
         self._stopping = asyncio.Event()
         self._stop_deadline = float("inf")
+        self._take_failures = 0
 
     def stop(self) -> None:
         """Finish (or hand back) the unit at hand, release, and return from `run()`."""
@@ -115,19 +116,9 @@ class Runner:
     async def _consume(self) -> None:
         busy = False  # this worker has worked since its last release
         delivery: Delivery | None = None
-        failures = 0
         while not self.stopping:
             if delivery is None:
-                try:
-                    delivery = await self.queue.take(self.settings.wait)
-                    failures = 0
-                except QueueSetupError:
-                    raise
-                except QueueError as exc:
-                    failures += 1
-                    self.metrics.queue_errors.labels("take").inc()
-                    log.warning("take failed: %s", exc)
-                    await self._pause(backoff(failures, 0.5, 10.0))
+                delivery = await self._take(self.settings.wait)
                 self.health.step()
                 if delivery is None:
                     continue
@@ -139,7 +130,7 @@ class Runner:
             if self.stopping:
                 break
             # The next unit before the release: the session then stays on this busy worker.
-            delivery = await self._take_waiting()
+            delivery = await self._take(0)
             if delivery is None:
                 await self._release()
                 busy = False
@@ -148,15 +139,21 @@ class Runner:
         if busy:
             await self._release()
 
-    async def _take_waiting(self) -> Delivery | None:
+    async def _take(self, wait: float) -> Delivery | None:
+        """The next unit, else None: none came, or the queue failed (a failed blocking take backs off)."""
         try:
-            return await self.queue.take(0)
+            delivery = await self.queue.take(wait)
         except QueueSetupError:
             raise
         except QueueError as exc:
+            self._take_failures += 1
             self.metrics.queue_errors.labels("take").inc()
             log.warning("take failed: %s", exc)
+            if wait:
+                await self._pause(backoff(self._take_failures, 0.5, 10.0))
             return None
+        self._take_failures = 0
+        return delivery
 
     async def _release(self) -> None:
         self.health.step("releasing")
@@ -249,7 +246,10 @@ class Runner:
         """How a unit whose handler returned (or raised) is finished."""
         error = RetryableError("the handler was cancelled") if work.cancelled() else work.exception()
         if error is None:
-            result = jsonable(work.result())
+            try:
+                result = jsonable(work.result())
+            except (TypeError, ValueError) as exc:  # pydantic's serialization error is a ValueError
+                return self._dead_letter(delivery, f"the handler's result is not JSON data: {describe(exc)}", record)
             return _Finish(Outcome.DONE, self.queue.ack, (delivery, record.done("done", result=result)))
         if isinstance(error, Cancelled):
             log.info("unit %s cancelled", record.unit_id)

@@ -40,3 +40,9 @@ async def block_loop(job: Job) -> None:
     """Blocks the event loop itself (a handler bug): /health must notice."""
     time.sleep(job.seconds)
 
+
+
+@handler
+async def bad_result(job: Job) -> object:
+    """Returns something that is not JSON data (a handler bug)."""
+    return object()

@@ -79,9 +79,9 @@ async def test_sigterm_mid_unit_lets_it_finish_within_the_grace_period(queue, wo
     await eventually(lambda: _depth_is(queue, (0, 1)), 20, what="the unit in flight")
     worker.terminate()
     assert await worker.exit_code() == 0, worker.output()
-    assert (await queue.result_for(unit["id"], timeout=1))["status"] == "done"
-    assert await queue.depth() == (0, 0)
-    assert len(control.releases) == 1
+    assert (await queue.result_for(unit["id"], timeout=10))["status"] == "done", worker.output()
+    assert await queue.depth() == (0, 0), worker.output()
+    assert len(control.releases) == 1, worker.output()
 
 
 async def test_sigterm_mid_unit_hands_back_what_outlives_the_grace_period(queue, workers, control):

@@ -104,3 +104,14 @@ async def _status_is(get, status: int) -> tuple[int, str] | None:
 
 async def _in_flight(queue) -> bool:
     return (await queue.depth())[1] == 1
+
+
+async def test_a_result_that_is_not_json_data_is_dead_lettered(redis_stream, workers):
+    unit = job()
+    await redis_stream.put(unit)
+    worker = await workers(redis_stream, "only", target="bad_result")
+    result = await redis_stream.result_for(unit["id"])
+    assert result["status"] == "failed", worker.output()
+    assert result["error"].startswith("the handler's result is not JSON data: PydanticSerializationError")
+    assert [d["id"] for d in await redis_stream.read_dead()] == [unit["id"]]
+    await redis_stream.drained()
