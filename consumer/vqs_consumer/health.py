@@ -45,6 +45,8 @@ def serve(host: str, port: int, health: Health, registry: CollectorRegistry) -> 
     """Start the server in a daemon thread; `shutdown()` stops it."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # seconds a client may take to send its request
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0].rstrip("/")
             if path == "/health":

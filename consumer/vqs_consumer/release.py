@@ -17,6 +17,8 @@ class Releaser:
 
     def __init__(self, port: int | None, metrics: Metrics, *, timeout: float, give_up_after: float) -> None:
         self.url = f"http://127.0.0.1:{port}/release" if port else None
+        # Never through an HTTP proxy from the environment: the control server is on this machine.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.metrics = metrics
         self.timeout = timeout
         self.give_up_after = give_up_after
@@ -35,6 +37,6 @@ class Releaser:
 
     def _post_blocking(self) -> None:
         request = urllib.request.Request(self.url or "", data=b"", method="POST")
-        # urlopen raises HTTPError (an OSError) on any non-2xx answer, so those are retried too.
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        # The opener raises HTTPError (an OSError) on any non-2xx answer, so those are retried too.
+        with self._opener.open(request, timeout=self.timeout) as response:
             response.read()

@@ -263,10 +263,12 @@ class Worker:
 
 @pytest.fixture
 async def workers(tmp_path: Path, control: ControlServer) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
-    """Start consumers: `await workers(queue, name, *flags)`; all are killed at the end."""
+    """Start consumers: `await workers(queue, name, *flags, target=, env=)`; all are killed at the end."""
     started: list[Worker] = []
 
-    async def start(queue: QueueUnderTest, name: str, *flags: str, target: str = "work") -> Worker:
+    async def start(
+        queue: QueueUnderTest, name: str, *flags: str, target: str = "work", env: dict[str, str] | None = None
+    ) -> Worker:
         log = tmp_path / f"{name}.log"
         argv = [
             sys.executable, "-m", "vqs_consumer", "run", f"{HANDLERS}:{target}", "--source", queue.source,
@@ -275,7 +277,7 @@ async def workers(tmp_path: Path, control: ControlServer) -> AsyncIterator[Calla
         ]  # fmt: skip
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
             )
         worker = Worker(process, name, log)
         started.append(worker)

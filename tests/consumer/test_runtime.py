@@ -115,3 +115,14 @@ async def test_a_result_that_is_not_json_data_is_dead_lettered(redis_stream, wor
     assert result["error"].startswith("the handler's result is not JSON data: PydanticSerializationError")
     assert [d["id"] for d in await redis_stream.read_dead()] == [unit["id"]]
     await redis_stream.drained()
+
+
+async def test_the_release_never_goes_through_a_proxy_from_the_environment(redis_list, workers, control):
+    """Instances may set an HTTP proxy; the null worker's control server is on 127.0.0.1 all the same."""
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    unit = job()
+    await redis_list.put(unit)
+    proxied = {"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "no_proxy": "", "NO_PROXY": ""}
+    worker = await workers(redis_list, "only", env=proxied)
+    await redis_list.result_for(unit["id"])
+    await eventually(lambda: len(control.releases) == 1, 10, what=f"the release\n{worker.output()}")
