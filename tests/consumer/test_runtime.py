@@ -126,3 +126,29 @@ async def test_the_release_never_goes_through_a_proxy_from_the_environment(redis
     worker = await workers(redis_list, "only", env=proxied)
     await redis_list.result_for(unit["id"])
     await eventually(lambda: len(control.releases) == 1, 10, what=f"the release\n{worker.output()}")
+
+
+async def test_a_unit_delivered_more_than_max_attempts_is_dead_lettered_unrun(redis_stream, redis_client, workers):
+    """A unit whose workers keep dying on it (here: delivered 5 times to a consumer that is gone)."""
+    unit = job(slow_on="only", slow_seconds=60)
+    await redis_stream.put(unit)
+    stream = redis_stream.source.split("stream=")[1].split("&")[0]
+    ((_, [(entry_id, _)]),) = await redis_client.xreadgroup("workers", "gone", {stream: ">"}, count=1)
+    await redis_client.xclaim(stream, "workers", "gone", 0, [entry_id], idle=60_000, retrycount=5, justid=True)
+    worker = await workers(redis_stream, "only", "--max-attempts", "5")
+    result = await redis_stream.result_for(unit["id"])
+    assert (result["status"], result["attempt"]) == ("failed", 6), worker.output()
+    assert result["error"] == "delivered 6 times, more than max_attempts 5"
+    assert result["finished_at"] - result["started_at"] < 5  # never ran its 60 s
+    await redis_stream.drained()
+
+
+async def test_a_restarted_worker_first_takes_back_what_its_previous_run_held(redis_list, redis_client, workers):
+    unit = job()
+    await redis_list.put(unit)
+    key = redis_list.source.split("list=")[1].split("&")[0]
+    await redis_client.lmove(key, f"{key}:processing:only", "RIGHT", "LEFT")  # taken by a run that died
+    worker = await workers(redis_list, "only")
+    result = await redis_list.result_for(unit["id"])
+    assert (result["status"], result["attempt"]) == ("done", 2), worker.output()
+    await redis_list.drained()
