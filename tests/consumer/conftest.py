@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from consumer_support import LEASE
 from support import eventually, free_port
 
 from controller.sources import from_url as source_from_url
 
-HANDLERS = Path(__file__).with_name("handlers.py")
-#: Short leases so a killed worker's unit comes back within seconds.
-LEASE = 2.0
+HANDLERS = Path(__file__).with_name("consumer_handlers.py")
 
 
 @dataclass
@@ -64,10 +63,6 @@ class QueueUnderTest:
 
     async def _is_empty(self) -> bool:
         return await self.depth() == (0, 0)
-
-
-def job(**fields: Any) -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex[:12], **fields}
 
 
 # Queues

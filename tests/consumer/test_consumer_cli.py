@@ -11,7 +11,7 @@ import pytest
 from vqs_consumer.cli import main
 
 SOURCE = "redis://h/0?stream=s&group=g"
-HANDLER = f"{Path(__file__).with_name('handlers.py')}:work"
+HANDLER = f"{Path(__file__).with_name('consumer_handlers.py')}:work"
 
 
 @pytest.mark.parametrize(

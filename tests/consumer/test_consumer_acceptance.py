@@ -5,7 +5,7 @@ Depth is read with the controller's own source, so "in flight" is what the contr
 
 from __future__ import annotations
 
-from conftest import LEASE, job
+from consumer_support import LEASE, job
 from support import eventually
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
-from conftest import LEASE, job
+from consumer_support import LEASE, job
 from support import eventually, free_port
 
 
