@@ -135,7 +135,7 @@ class Runner:
                 await self._release()
                 busy = False
         if delivery is not None:
-            await self._settle(delivery, _Finish(Outcome.HANDED_BACK, self.queue.hand_back, (delivery,)))
+            await self._settle(delivery, _Finish(Outcome.HANDED_BACK, self.queue.hand_back, (delivery, False)))
         if busy:
             await self._release()
 
@@ -206,7 +206,7 @@ class Runner:
                 if finish.hold:
                     await self._pause(finish.hold)  # the heartbeat keeps the unit ours meanwhile
             else:
-                finish = _Finish(Outcome.HANDED_BACK, self.queue.hand_back, (delivery,))
+                finish = _Finish(Outcome.HANDED_BACK, self.queue.hand_back, (delivery, True))
         finally:
             # Stopped before the unit is settled: a renewal racing an ack would look like a lost lease.
             # The flag ends the loop: redis-py may swallow a cancel that lands inside a command.

@@ -6,6 +6,7 @@ Installs from the package index at the locked versions (about a minute).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -45,12 +46,15 @@ def _closure(requirements: dict[str, list[str]], root: str, extras: set[str]) ->
 
 
 def test_the_runtime_installs_into_a_bare_venv_with_only_its_own_dependencies(tmp_path: Path) -> None:
+    # A copy: pip builds a local directory in place, and the checkout should not get a build/ from a test.
+    source = tmp_path / "consumer"
+    shutil.copytree(ROOT / "consumer", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     env_dir = tmp_path / "instance"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     install = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", ROOT / "constraints.txt",
-         f"{ROOT / 'consumer'}[redis]"],
+         f"{source}[redis]"],
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
+import pytest
 from consumer_support import LEASE, job
 from support import eventually, free_port
 
@@ -152,3 +154,32 @@ async def test_a_restarted_worker_first_takes_back_what_its_previous_run_held(re
     result = await redis_list.result_for(unit["id"])
     assert (result["status"], result["attempt"]) == ("done", 2), worker.output()
     await redis_list.drained()
+
+
+async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_stream):
+    """Taken by a worker already stopping, never started: the next worker takes it before newer units."""
+    from vqs_consumer import Runner, Settings
+    from vqs_consumer.queues import QueueOptions, from_url
+
+    first, later = job(), job()
+    await redis_stream.put(first)
+    settings = Settings(source=redis_stream.source, name="stopping", control_port=0, health_port=0, lease=LEASE)
+    runner = Runner(settings, lambda job: pytest.fail("a unit that arrived with the stop must not run"))
+    take = runner.queue.take
+
+    async def take_then_stop(wait: float):
+        delivery = await take(wait)
+        if delivery is not None:
+            await redis_stream.put(later)  # queued while the stopping worker held the first
+            runner.stop()
+        return delivery
+
+    runner.queue.take = take_then_stop
+    await asyncio.wait_for(runner.run(), 30)
+
+    queue = from_url(redis_stream.source, QueueOptions(name="next", lease=LEASE))
+    try:
+        delivery = await queue.take(0)
+        assert (delivery.body["id"], delivery.attempt) == (first["id"], 1)
+    finally:
+        await queue.close()

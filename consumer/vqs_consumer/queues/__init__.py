@@ -78,8 +78,12 @@ class Queue(Protocol):
     async def retry(self, delivery: Delivery, delay: float) -> None:
         """Hand the unit back for redelivery after about `delay` seconds."""
 
-    async def hand_back(self, delivery: Delivery) -> None:
-        """Put an unfinished unit back as waiting work at once (this worker is stopping)."""
+    async def hand_back(self, delivery: Delivery, started: bool) -> None:
+        """Give an unfinished unit back at once (this worker is stopping).
+
+        Started: as waiting work, nothing left in flight. Not started (it arrived with the stop):
+        first in line for the next worker, which may leave it in flight until then.
+        """
 
     async def dead_letter(self, delivery: Delivery, reason: str, record: bytes | None) -> None:
         """Move the unit to the dead-letter destination, writing `record` to the results destination."""

@@ -180,11 +180,14 @@ class NatsQueue:
     async def retry(self, delivery: Delivery, delay: float) -> None:
         await self.call(lambda: delivery.handle.nak(delay=delay))
 
-    async def hand_back(self, delivery: Delivery) -> None:
+    async def hand_back(self, delivery: Delivery, started: bool) -> None:
+        msg = delivery.handle
+        if not started:
+            await self.call(msg.nak)  # redelivered at once, ahead of newer messages
+            return
         # A nak'd message stays in num_ack_pending (in flight) until redelivered: a copy goes back
         # as waiting work instead, and the original is terminated. Without its Nats-Msg-Id, or the
         # stream's duplicate window would drop the copy.
-        msg = delivery.handle
         headers = {name: value for name, value in (msg.headers or {}).items() if name != "Nats-Msg-Id"}
         await self._once(delivery, "copy", lambda: self._publish(msg.subject, msg.data, headers or None))
         await self.call(msg.term)

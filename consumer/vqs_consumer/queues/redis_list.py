@@ -137,7 +137,7 @@ class RedisListQueue(RedisQueue):
     async def retry(self, delivery: Delivery, delay: float) -> None:
         await self._back(delivery, count=True)
 
-    async def hand_back(self, delivery: Delivery) -> None:
+    async def hand_back(self, delivery: Delivery, started: bool) -> None:
         await self._back(delivery, count=False)
 
     async def close(self) -> None:

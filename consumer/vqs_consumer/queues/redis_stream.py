@@ -92,7 +92,18 @@ class RedisStreamQueue(RedisQueue):
             )
         )
 
-    async def hand_back(self, delivery: Delivery) -> None:
+    async def hand_back(self, delivery: Delivery, started: bool) -> None:
+        if not started:
+            # Idle for a whole lease: the next take anywhere claims it before any newer entry, and
+            # the delivery that never ran is not counted.
+            await self.call(
+                lambda: self.client.xclaim(
+                    self.stream, self.group, self.name, 0, [delivery.message_id], idle=self.lease_ms,
+                    retrycount=delivery.attempt - 1, justid=True,
+                )
+            )  # fmt: skip
+            return
+
         # A delivered entry cannot become undelivered again: a copy goes to the stream, the original is acked.
         async def run() -> None:
             async with self.client.pipeline(transaction=True) as pipe:

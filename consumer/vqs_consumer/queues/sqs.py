@@ -212,7 +212,7 @@ class SqsQueue:
     async def retry(self, delivery: Delivery, delay: float) -> None:
         await self._visibility(delivery, min(MAX_VISIBILITY, max(0, round(delay))))
 
-    async def hand_back(self, delivery: Delivery) -> None:
+    async def hand_back(self, delivery: Delivery, started: bool) -> None:
         await self._visibility(delivery, 0)
 
     async def dead_letter(self, delivery: Delivery, reason: str, record: bytes | None) -> None:
