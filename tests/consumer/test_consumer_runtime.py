@@ -156,8 +156,13 @@ async def test_a_restarted_worker_first_takes_back_what_its_previous_run_held(re
     await redis_list.drained()
 
 
-async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_stream):
-    """Taken by a worker already stopping, never started: the next worker takes it before newer units."""
+@pytest.mark.parametrize("backlog", [False, True])
+async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_stream, backlog):
+    """Taken by a worker already stopping, never started: the next worker takes it before newer units.
+
+    Nothing else waiting: it is waiting work again (a blocked reader gets it at once). A backlog
+    behind it: it stays claimable ahead of the backlog.
+    """
     from vqs_consumer import Runner, Settings
     from vqs_consumer.queues import QueueOptions, from_url
 
@@ -170,12 +175,14 @@ async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_s
     async def take_then_stop(wait: float):
         delivery = await take(wait)
         if delivery is not None:
-            await redis_stream.put(later)  # queued while the stopping worker held the first
+            if backlog:
+                await redis_stream.put(later)  # queued while the stopping worker held the first
             runner.stop()
         return delivery
 
     runner.queue.take = take_then_stop
     await asyncio.wait_for(runner.run(), 30)
+    assert await redis_stream.depth() == ((1, 1) if backlog else (1, 0))
 
     queue = from_url(redis_stream.source, QueueOptions(name="next", lease=LEASE))
     try:

@@ -93,9 +93,9 @@ class RedisStreamQueue(RedisQueue):
         )
 
     async def hand_back(self, delivery: Delivery, started: bool) -> None:
-        if not started:
-            # Idle for a whole lease: the next take anywhere claims it before any newer entry, and
-            # the delivery that never ran is not counted.
+        if not started and not await self._nothing_waits():
+            # Idle for a whole lease: the next take anywhere claims it before the entries waiting,
+            # and the delivery that never ran is not counted.
             await self.call(
                 lambda: self.client.xclaim(
                     self.stream, self.group, self.name, 0, [delivery.message_id], idle=self.lease_ms,
@@ -104,7 +104,8 @@ class RedisStreamQueue(RedisQueue):
             )  # fmt: skip
             return
 
-        # A delivered entry cannot become undelivered again: a copy goes to the stream, the original is acked.
+        # A delivered entry cannot become undelivered again: a copy goes to the stream (first in
+        # line when nothing waits, and handed at once to a worker blocked in a read), the original is acked.
         async def run() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.xadd(self.stream, _fields(delivery))
@@ -112,6 +113,10 @@ class RedisStreamQueue(RedisQueue):
                 await pipe.execute()
 
         await self.call(run)
+
+    async def _nothing_waits(self) -> bool:
+        groups = await self.call(lambda: self.client.xinfo_groups(self.stream))
+        return any(group["name"] == self.group and group.get("lag") == 0 for group in groups)
 
     async def dead_letter(self, delivery: Delivery, reason: str, record: bytes | None) -> None:
         dead = {
