@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from vqs_consumer import serve
-from vqs_consumer.queues import QueueError, QueueURLError
+from vqs_consumer.health import Monitor
+from vqs_consumer.queues import QueueError
 from vqs_consumer.runner import Runner
 from vqs_consumer.settings import Settings
 
@@ -89,23 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s vqs-consumer %(levelname)s %(message)s")
     try:
         settings = settings_from(args)
-        function = load_handler(args.target)
-        runner = Runner(settings, function)
     except ValidationError as exc:
-        print(f"vqs-consumer: {_settings_error(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError) as exc:  # QueueURLError is a ValueError; TypeError: not a usable handler
-        print(f"vqs-consumer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(_settings_error(exc), EXIT_USAGE)
+    # /health first: the worker library checks it once ready, and a handler may take long to import.
+    monitor = Monitor(settings)
     try:
+        monitor.start()
+    except OSError as exc:
+        return _fail(f"cannot serve /health on {settings.health_host}:{settings.health_port}: {exc}", EXIT_SETUP)
+    try:
+        try:
+            runner = Runner(settings, load_handler(args.target), monitor=monitor)
+        except (ValueError, TypeError) as exc:  # QueueURLError is a ValueError; TypeError: not a usable handler
+            return _fail(str(exc), EXIT_USAGE)
         asyncio.run(serve(runner))
-    except QueueURLError as exc:
-        print(f"vqs-consumer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except QueueError as exc:
-        print(f"vqs-consumer: {exc}", file=sys.stderr)
-        return EXIT_SETUP
+        return _fail(str(exc), EXIT_SETUP)
+    finally:
+        monitor.stop()
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"vqs-consumer: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from typing import Any
 
 from vqs_consumer.backoff import backoff, retrying
 from vqs_consumer.handler import Cancelled, Context, FatalError, Handler, RetryableError, handler, jsonable
-from vqs_consumer.health import Health, serve
-from vqs_consumer.metrics import Metrics
+from vqs_consumer.health import Monitor
 from vqs_consumer.queues import Delivery, Queue, QueueError, QueueOptions, QueueSetupError, describe, from_url
 from vqs_consumer.release import Releaser
 from vqs_consumer.settings import Settings
@@ -46,11 +45,17 @@ class Outcome(enum.Enum):
 class Runner:
     """Runs one handler over one queue until `stop()`."""
 
-    def __init__(self, settings: Settings, function: Any, *, queue: Queue | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self, settings: Settings, function: Any, *, queue: Queue | None = None, monitor: Monitor | None = None
+    ) -> None:
         self.settings = settings
         self.handler: Handler = handler(function)
-        self.metrics = metrics or Metrics()
-        self.health = Health(settings.stuck_after)
+        #: /health and /metrics; the CLI starts it before the handler loads (see `Monitor`).
+        self.monitor = monitor or Monitor(settings)
+        self.metrics, self.health = self.monitor.metrics, self.monitor.health
+        self._checked = asyncio.Event()
+        self.health.on_first_check = self._on_first_check
+        self._loop: asyncio.AbstractEventLoop | None = None
         options = QueueOptions(
             name=settings.name, lease=settings.lease, timeout=settings.timeout, dead_letter=settings.dead_letter,
             results=settings.results, progress=settings.progress, cancel=settings.cancel,
@@ -74,20 +79,22 @@ class Runner:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def _on_first_check(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._checked.set)
+
     async def run(self) -> None:
-        server = None
-        if self.settings.health_port:
-            server = serve(self.settings.health_host, self.settings.health_port, self.health, self.metrics.registry)
+        self._loop = asyncio.get_running_loop()
+        self.monitor.start()
         ticker = asyncio.create_task(self._tick())
         try:
-            if await self._open():
+            if await self._open() and await self._until_ready():
                 await self._consume()
         finally:
             ticker.cancel()
             with contextlib.suppress(QueueError):
                 await self.queue.close()
-            if server is not None:
-                server.shutdown()
+            self.monitor.stop()
 
     async def _tick(self) -> None:
         while True:
@@ -113,6 +120,29 @@ class Runner:
                 await self._pause(backoff(attempt, 1.0, 30.0))
         return False
 
+    async def _until_ready(self) -> bool:
+        """Before the first unit: the worker's first health check, then `ready_settle`; False when stopped first."""
+        if self.settings.health_port:
+            url = f"http://{self.settings.health_host}:{self.settings.health_port}/health"
+            log.info("waiting for the worker's first health check of %s (its BACKEND_HEALTH_URL)", url)
+            self.health.step("waiting for the worker")
+            began = time.monotonic()
+            warn_at = began + self.settings.stuck_after
+            while not self.health.checked and not self.stopping:
+                await _wait(self._checked, 1.0)
+                self.health.step()
+                if time.monotonic() >= warn_at:
+                    warn_at += 600
+                    log.warning(
+                        "no health check from the worker in %.0fs: is its BACKEND_HEALTH_URL %s?", time.monotonic() - began, url
+                    )
+            if self.health.checked:
+                log.info("the worker checked /health: it is ready; the first unit in %gs", self.settings.ready_settle)
+        self.health.step("settling")
+        await self._pause(self.settings.ready_settle)
+        self.health.step("idle")
+        return not self.stopping
+
     async def _consume(self) -> None:
         busy = False  # this worker has worked since its last release
         delivery: Delivery | None = None
@@ -134,6 +164,9 @@ class Runner:
             if delivery is None:
                 await self._release()
                 busy = False
+                self.health.step("settling")
+                await self._pause(self.settings.release_settle)  # Vast stops a session-less worker now, idle
+                self.health.step("idle")
         if delivery is not None:
             await self._settle(delivery, _Finish(Outcome.HANDED_BACK, self.queue.hand_back, (delivery, False)))
         if busy:

@@ -47,6 +47,15 @@ class Settings(BaseModel):
         default=60.0, gt=0, description="seconds a failing release is retried (then the session's lease ends it)"
     )
     wait: float = Field(default=1.0, gt=0, le=5, description="seconds a blocking take waits for a unit")
+    ready_settle: float = Field(
+        default=12.0, ge=0,
+        description="seconds between the worker's first health check of /health (from the start without /health) and the "
+        "first unit: by then Vast has seen the worker ready, and stopped it if it booted only as spare capacity",
+    )  # fmt: skip
+    release_settle: float = Field(
+        default=3.0, ge=0,
+        description="seconds between a release and the next unit: Vast stops a worker left without a session then, idle",
+    )  # fmt: skip
     dead_letter: str | None = Field(
         default=None, description="where units that cannot be done go: a Redis key, an SQS queue, a NATS subject"
     )

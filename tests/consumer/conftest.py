@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ async def control() -> AsyncIterator[ControlServer]:
         if server.failures > 0:
             server.failures -= 1
             return web.json_response({"error": "not now"}, status=500)
-        server.releases.append(asyncio.get_running_loop().time())
+        server.releases.append(time.time())
         return web.json_response({"released": 1})
 
     app = web.Application()
@@ -268,7 +269,8 @@ async def workers(tmp_path: Path, control: ControlServer) -> AsyncIterator[Calla
         argv = [
             sys.executable, "-m", "vqs_consumer", "run", f"{HANDLERS}:{target}", "--source", queue.source,
             "--name", name, "--control-port", str(control.port), "--health-port", "0", "--lease", str(LEASE),
-            "--retry-base", "0.1", "--retry-cap", "0.2", "--wait", "0.5", *queue.flags, *flags,
+            "--retry-base", "0.1", "--retry-cap", "0.2", "--wait", "0.5", "--ready-settle", "0", "--release-settle", "0",
+            *queue.flags, *flags,
         ]  # fmt: skip
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(

@@ -51,3 +51,15 @@ def test_a_queue_that_cannot_be_consumed_as_configured_exits_1(nats_url: str) ->
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "NATS needs a dead-letter subject (--dead-letter SUBJECT)" in done.stderr.splitlines()[-1]
+
+
+def test_a_health_port_in_use_is_said_in_one_line(capsys, monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["run", HANDLER, "--source", SOURCE, "--health-port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve /health on 127.0.0.1:{port}:" in err and err.count("\n") == 1, err

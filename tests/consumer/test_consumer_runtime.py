@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import time
 
 import aiohttp
 import pytest
@@ -87,8 +89,9 @@ async def test_health_fails_while_the_loop_is_stuck_and_metrics_count_units(redi
             except aiohttp.ClientConnectionError:
                 return None  # not listening yet
 
-        await redis_stream.result_for(done["id"])
+        # The first health check is the worker saying it is ready: units are taken only after it.
         assert (await eventually(lambda: get("/health"), 20, what="/health"))[0] == 200
+        await redis_stream.result_for(done["id"])
         metrics = (await get("/metrics"))[1]
         assert 'vqs_consumer_units_total{outcome="done"} 1.0' in metrics
         assert "vqs_consumer_unit_seconds_count 1.0" in metrics
@@ -168,7 +171,9 @@ async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_s
 
     first, later = job(), job()
     await redis_stream.put(first)
-    settings = Settings(source=redis_stream.source, name="stopping", control_port=0, health_port=0, lease=LEASE)
+    settings = Settings(
+        source=redis_stream.source, name="stopping", control_port=0, health_port=0, lease=LEASE, ready_settle=0
+    )
     runner = Runner(settings, lambda job: pytest.fail("a unit that arrived with the stop must not run"))
     take = runner.queue.take
 
@@ -190,3 +195,58 @@ async def test_a_unit_that_arrives_with_the_stop_goes_back_first_in_line(redis_s
         assert (delivery.body["id"], delivery.attempt) == (first["id"], 1)
     finally:
         await queue.close()
+
+
+async def test_the_first_unit_waits_for_the_workers_first_health_check_then_ready_settle(redis_stream, workers):
+    """Vast stops a worker that booted only as spare capacity soon after it is ready: no unit before then."""
+    port = free_port()
+    unit = job()
+    await redis_stream.put(unit)
+    worker = await workers(redis_stream, "only", "--health-port", str(port), "--ready-settle", "1.5")
+    await eventually(lambda: "waiting for the worker's first health check" in worker.output(), 20, what="the wait")
+    assert await redis_stream.depth() == (1, 0)  # the queue is open, the unit untouched
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        checked_at = time.time()
+        async with http.get(f"http://127.0.0.1:{port}/health") as response:
+            assert response.status == 200  # waiting is healthy
+            assert (await response.json())["state"] in ("waiting for the worker", "settling")
+    result = await redis_stream.result_for(unit["id"])
+    assert result["started_at"] - checked_at >= 1.5, worker.output()
+
+
+async def test_after_a_release_no_unit_is_taken_for_release_settle(redis_stream, workers, control):
+    """Vast stops a worker it sees without a session when it has more than sessions need: let it happen idle."""
+    first, second = job(), job()
+    await redis_stream.put(first)
+    worker = await workers(redis_stream, "only", "--release-settle", "1.5")
+    await redis_stream.result_for(first["id"])
+    await eventually(lambda: control.releases, 10, what="the release")
+    await redis_stream.put(second)
+    result = await redis_stream.result_for(second["id"])
+    assert result["started_at"] - control.releases[0] >= 1.5 - 0.05, worker.output()
+
+
+async def test_health_is_served_while_the_handler_still_imports(tmp_path):
+    """The worker library checks /health once ready; a handler loading a model must not make it miss."""
+    slow = tmp_path / "slow_handler.py"
+    slow.write_text("import time\ntime.sleep(60)\n\ndef work(job):\n    pass\n")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vqs_consumer", "run", f"{slow}:work", "--health-port", str(port), "--control-port", "0",
+        "--source", "redis://127.0.0.1:6379/0?stream=never-read&group=g",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+            async def health() -> dict | None:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        return await response.json() if response.status == 200 else None
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            assert (await eventually(health, 20, what="/health during the import"))["state"] == "starting"
+    finally:
+        process.kill()
+        await process.wait()
