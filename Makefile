@@ -14,10 +14,11 @@ PIP_TOOLS := pip-tools==7.6.2
 # setuptools comes from the lock too (no build isolation), so the build is as pinned as the rest.
 EXTRAS_demo := demo
 EXTRAS_test := demo,k8s,test
-$(VENV)/.installed-%: pyproject.toml $(LOCK)
+# The consumer runtime (consumer/, its own distribution) comes along: the demo runs it beside each worker.
+$(VENV)/.installed-%: pyproject.toml consumer/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) setuptools
-	$(PIP_INSTALL) --no-build-isolation -e '.[$(EXTRAS_$*)]'
+	$(PIP_INSTALL) --no-build-isolation -e '.[$(EXTRAS_$*)]' -e './consumer[all]'
 	touch $@
 
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.
@@ -50,7 +51,7 @@ lock:
 	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --disable-pip-version-check $(PIP_TOOLS)
 	.venv-lock/bin/pip-compile -q --upgrade --all-extras --all-build-deps --allow-unsafe --strip-extras \
-	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
+	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml consumer/pyproject.toml
 
 clean:
 	rm -rf $(VENV) .venv-lock state demo-out .pytest_cache

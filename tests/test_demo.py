@@ -406,14 +406,9 @@ async def test_a_demo_whose_consumers_cannot_read_stops_and_says_why(
 ) -> None:
     """Consumers that never read: the run stops within its bound, names the cause, leaves no session."""
     idle = tmp_path / "idle_consumer.py"
-    # It answers its worker's health check (so the worker becomes ready), and never reads.
-    idle.write_text(
-        "import http.server, os\n"
-        "class Ok(http.server.BaseHTTPRequestHandler):\n"
-        "    def do_GET(self):\n"
-        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
-        "http.server.HTTPServer(('127.0.0.1', int(os.environ['HEALTH_PORT'])), Ok).serve_forever()\n"
-    )
+    # A handler whose import never ends: the consumer runtime answers its worker's health check
+    # from the start (so the worker becomes ready), and never reads.
+    idle.write_text("import time\ntime.sleep(3600)\n")
     monkeypatch.setattr("controller.demo.run.CONSUMER", idle)
     # Readiness reaches Vast with the worker library's next report (up to 10 s): a longer bound.
     options = Options(duration=4, live=False, out=tmp_path / "out", cold_start=0.5, stall_seconds=20)

@@ -24,6 +24,7 @@ from deploy_support import DEPLOY, ROOT, SECRET, load_with_env, load_yaml
 
 from controller.cli import build_parser
 from controller.config import Config
+from vqs_consumer.settings import Settings as ConsumerSettings
 
 
 def which_or_skip(tool: str) -> str:
@@ -321,11 +322,10 @@ def test_vast_readme_commands_parse_with_the_recommended_parameters() -> None:
     assert env["BACKEND"] == "null"
     assert env["PYWORKER_REPO"].startswith("https://")
     # The worker health-checks the consumer and the consumer releases on the worker's port:
-    # both must agree with examples/consumer/consumer.py's defaults.
-    consumer = (ROOT / "examples/consumer/consumer.py").read_text(encoding="utf-8")
-    defaults = dict(re.findall(r'os\.environ\.get\("(\w+_PORT)", "(\d+)"\)', consumer))
-    assert env["BACKEND_HEALTH_URL"] == f"http://127.0.0.1:{defaults['HEALTH_PORT']}/health"
-    assert env["NULL_CONTROL_PORT"] == defaults["NULL_CONTROL_PORT"]
+    # both must agree with the consumer runtime's defaults.
+    defaults = {name: field.default for name, field in ConsumerSettings.model_fields.items()}
+    assert env["BACKEND_HEALTH_URL"] == f"http://{defaults['health_host']}:{defaults['health_port']}/health"
+    assert env["NULL_CONTROL_PORT"] == str(defaults["control_port"])
 
 
 def test_vast_readme_local_commands_and_links_work() -> None:

@@ -25,13 +25,16 @@ def locked() -> dict[str, str]:
 
 
 def declared() -> list[Requirement]:
-    """Every requirement pyproject.toml states: build, runtime and every extra (minus self-references)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    lines = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
-    for extra in project["project"]["optional-dependencies"].values():
-        lines += extra
-    name = canonicalize_name(project["project"]["name"])
-    return [r for r in map(Requirement, lines) if canonicalize_name(r.name) != name]
+    """Every requirement the two distributions state (the controller's pyproject.toml and the
+    consumer runtime's): build, runtime and every extra (minus references to either of them)."""
+    lines, names = [], set()
+    for path in (ROOT / "pyproject.toml", ROOT / "consumer" / "pyproject.toml"):
+        project = tomllib.loads(path.read_text())
+        lines += [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+        for extra in project["project"]["optional-dependencies"].values():
+            lines += extra
+        names.add(canonicalize_name(project["project"]["name"]))
+    return [r for r in map(Requirement, lines) if canonicalize_name(r.name) not in names]
 
 
 def test_the_lock_names_no_local_path():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import secrets
 import shlex
@@ -130,24 +131,21 @@ def controller_config(
 
 
 def emulator_config(*, source: str, results_key: str, cold_start: float, api_key: str) -> Any:
-    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(CONSUMER))}"
+    # The consumer runtime beside each worker. Jobs last seconds: a stopped worker's job is taken
+    # over within a 10 s lease, and one still running when its worker is stopped is handed back
+    # before the emulator's SIGKILL.
+    command = shlex.join([
+        sys.executable, "-m", "vqs_consumer", "run", f"{CONSUMER}:work", "--results", results_key,
+        "--lease", "10", "--grace", "2",
+    ])  # fmt: skip
     return build_config(
         {
             "api_key": api_key,
             "workers": "process",
             "cold_start_seconds": cold_start,
             "endpoints": [{"name": ENDPOINT, **ENDPOINT_PARAMS}],
-            "consumer": {
-                "command": command,
-                "queue_url": source,
-                # Each consumer serves /health on its own port, the worker's BACKEND_HEALTH_URL.
-                "health": True,
-                "env": {
-                    "RESULTS_KEY": results_key,
-                    # Jobs last seconds: one left by a stopped worker is taken over within the run.
-                    "CLAIM_IDLE_SECONDS": "20",
-                },
-            },
+            # Each consumer serves /health on its own port (HEALTH_PORT), the worker's BACKEND_HEALTH_URL.
+            "consumer": {"command": command, "queue_url": source, "health": True},
         }
     )
 
@@ -396,6 +394,13 @@ def main(
     if not CONSUMER.is_file():
         print(
             f"vast-queue-scaler demo: the reference consumer {CONSUMER} is missing (run from a clone)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if importlib.util.find_spec("vqs_consumer") is None:
+        print(
+            "vast-queue-scaler demo: the consumer runtime is not installed: pip install -e './consumer[redis]' "
+            "(make demo does it)",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -1,13 +1,14 @@
 """Sessions follow a changing load: real null worker processes, real consumers, a Redis stream.
 
-Each worker runs examples/consumer/consumer.py beside it, as on a Vast instance: it takes a unit,
-works, acks and releases its session. The controller only watches the queue.
+Each worker runs the consumer runtime (examples/consumer/consumer.py's handler) beside it, as on a
+Vast instance: it takes a unit, works, acks and releases its session. The controller only watches the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import time
 import uuid
@@ -48,9 +49,10 @@ async def depth(client: aioredis.Redis, stream: str, group: str) -> int:
 async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
     results = f"{queue.stream}:results"
     consumer = {
-        "command": f"{sys.executable} {CONSUMER}",
+        "command": shlex.join(
+            [sys.executable, "-m", "vqs_consumer", "run", f"{CONSUMER}:work", "--results", results]
+        ),
         "queue_url": queue.source_url,
-        "env": {"RESULTS_KEY": results},
         "health": True,
     }
     async with running_emulator(

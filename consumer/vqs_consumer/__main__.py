@@ -1,0 +1,5 @@
+import sys
+
+from vqs_consumer.cli import main
+
+sys.exit(main())
