@@ -48,6 +48,8 @@ ENDPOINT_PARAMS = {
     "target_queue_time": 0.5,
     "inactivity_timeout": 10,
     "max_workers": 20,
+    # No spare workers booted ahead of demand (Vast's default is 5): a laptop runs every worker.
+    "cold_workers": 0,
 }
 CONSUMER = Path(__file__).resolve().parents[2] / "examples" / "consumer" / "consumer.py"
 #: The default load: ramp to PEAK_RATE jobs/s of about JOB_SECONDS each (~6 units in flight).
@@ -56,8 +58,8 @@ JOB_SECONDS = 4.0
 SAMPLE_EVERY = 1.0
 #: After the load: the last jobs finish, then idle workers stop after inactivity_timeout.
 DRAIN_TIMEOUT = 90.0
-#: With work outstanding and no job completed for this long (plus the cold start), the run has
-#: failed: stop and say why rather than wait out the load.
+#: With work outstanding and nothing moving for this long (plus the cold start): no job completed,
+#: no session opened, no worker newly ready, the run has failed: stop and say why.
 STALL_SECONDS = 30.0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -305,7 +307,7 @@ async def _watch(
     playing = asyncio.create_task(producer.run())
     taken_again: set[str] = set()
     drain_deadline: float | None = None
-    progress_at, done = t0, 0
+    progress_at, best = t0, (0, 0, 0)
     try:
         while True:
             controller.check_alive()
@@ -313,8 +315,11 @@ async def _watch(
             if sample is not None:
                 run.samples.append(sample)
                 now = time.monotonic()
-                if sample.jobs_done > done or sample.waiting + sample.in_flight == 0:
-                    progress_at, done = now, sample.jobs_done
+                # Progress is a job done, or the system still coming up (a session opened, a worker
+                # ready beyond the most seen): a slow machine boots slowly, a broken chain does not move.
+                mark = (sample.jobs_done, sample.sessions_open, sample.ready_workers)
+                if any(seen > most for seen, most in zip(mark, best, strict=True)) or sample.waiting + sample.in_flight == 0:
+                    progress_at, best = now, tuple(map(max, mark, best))
                 elif now - progress_at > stall_limit:
                     raise Stalled(stall_limit, controller.log_path)
                 pending_now = await pending(producer.client, producer.stream, GROUP)
