@@ -47,10 +47,12 @@ bench-reaction: $(VENV)/.installed-demo
 	$(PY) bench/reaction.py
 
 # Re-resolve every dependency to the newest release pyproject.toml allows; run `make test` after.
+# `make lock LOCK_UPGRADE=` only adds what pyproject.toml newly asks for and keeps every other pin.
+LOCK_UPGRADE ?= --upgrade
 lock:
 	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --disable-pip-version-check $(PIP_TOOLS)
-	.venv-lock/bin/pip-compile -q --upgrade --all-extras --all-build-deps --allow-unsafe --strip-extras \
+	.venv-lock/bin/pip-compile -q $(LOCK_UPGRADE) --all-extras --all-build-deps --allow-unsafe --strip-extras \
 	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml consumer/pyproject.toml
 
 clean:

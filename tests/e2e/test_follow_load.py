@@ -29,10 +29,14 @@ LOAD = [(15, 1.0), (20, 2.5), (10, 0.5), (15, 1.5)]
 
 async def produce(queue, produced: list[tuple[float, str]]) -> None:
     for seconds, rate in LOAD:
-        end = time.monotonic() + seconds
+        last = time.monotonic()
+        end = last + seconds
         credit = 0.0
-        while time.monotonic() < end:
-            credit += rate * 0.25
+        while last < end:
+            # Credit by the time that passed, not by the sleep asked for: a busy machine oversleeps.
+            now = min(time.monotonic(), end)
+            credit += rate * (now - last)
+            last = now
             while credit >= 1:
                 credit -= 1
                 job_id = uuid.uuid4().hex

@@ -1,4 +1,8 @@
-"""A thousand concurrent sessions on in-process workers, through one unchanged SDK client."""
+"""Hundreds of concurrent sessions on in-process workers, through one unchanged SDK client.
+
+The controller at 10,000 sessions is measured by `make bench-scale`; this keeps the emulator honest at
+the concurrency one SDK client sees in a test run.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ from emulator_support import endpoint_state, max_concurrent_per_worker, sdk
 
 from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
-SESSIONS = 1000
+SESSIONS = 250
 
 
-async def test_a_thousand_concurrent_sessions_each_on_its_own_worker():
+async def test_hundreds_of_concurrent_sessions_each_on_its_own_worker():
     async with running_emulator(**RECOMMENDED_ENDPOINT, max_workers=SESSIONS, cold_start_seconds=0.5) as emu:
         async with sdk(emu, max_poll_interval=2.0) as client:
             endpoint = await client.get_endpoint("demo")
