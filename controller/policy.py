@@ -457,7 +457,8 @@ def _for_wait_target(
     need: int, work: _Work, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float,
     terms: dict[str, float], notes: list[str],
 ) -> int:  # fmt: skip
-    """`need` raised to the forecast work one start-up ahead (capped), plus the warm spares."""
+    """`need` raised to the forecast work one start-up ahead (capped), and to the pool the wait
+    target holds for the traffic seen (its free sessions are the spares)."""
     assert config.wait_target is not None and learned.wait is not None
     wait, startup = learned.wait, learned.startup
     if config.forecast and learned.profile is not None:
@@ -472,13 +473,14 @@ def _for_wait_target(
         ahead = policy_rate.sessions(units, config) - need
         if config.forecast_max_cost_per_hour is not None and config.price_per_session_hour is not None:
             cap = min(cap, math.floor(config.forecast_max_cost_per_hour / config.price_per_session_hour))
-        terms.update(forecast=round(expected, 3), forecast_weight=round(learned.profile.weight, 3))
-        if ahead > 0 and cap > 0:
+        ahead = max(0, min(ahead, cap))
+        terms.update(forecast=round(expected, 3), forecast_weight=round(learned.profile.weight, 3), ahead=ahead)
+        if ahead:
             notes.append(f"forecast: {expected:.3g} units in {lead:.0f}s")
-            need += min(ahead, cap)
-    units = policy_wait.spares(wait, config.wait_target, startup, bounds.upper)
-    spare = policy_rate.sessions(units, config)
-    terms.update(spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
+            need += ahead
+    pool = policy_rate.sessions(policy_wait.pool(wait, config.wait_target, startup, bounds.upper), config)
+    spare = max(0, pool - need)
+    terms.update(pool=pool, spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
     if spare:
         notes.append(f"{_count(spare, 'spare')} for {config.wait_target}")
     return need + spare

@@ -1,27 +1,29 @@
 """Warm spares for a wait target: a queueing model, and a price of lateness learned from the waits.
 
-**The model.** A unit that finds a warm spare (a session with no unit) starts at once; the pool
-then asks for a replacement, which is ready one start-up R later (plus up to a poll). A unit that
-finds no spare asks for a session itself, or is taken by a worker that finishes a unit first. So
-with k spares, a unit waits longer than the target T when the k spares went to the arrivals of
-the last R + poll - T seconds and no busy worker frees within T:
+**The model.** The pool is the sessions held for units: those running one and those free. Units
+in the system (waiting or in flight) are Poisson with mean rate x service (M/G/infinity, the
+load), so a unit arriving finds a free session unless the pool's n sessions are all taken. One
+that finds j - 1 units queued ahead of it is served by the j-th of the pool's units to complete
+(the consumer takes the next unit before it releases), or by the session the controller asks for
+it, whichever comes first. It waits longer than the target T when both are late:
 
-    P_late(k) = (1 - warm) x sum over R of share(R) x P(Poisson(rate x (R + poll - T)) >= k)
+    P_late(n) = slow x sum over N >= n of P(N) x P(Poisson(n x (T - poll) / service) < N - n + 1)
 
-(a start-up R with R + poll <= T adds nothing). `warm` is the measured share of opens granted at
-once (a worker released moments ago), share(R) the measured spread of the other request-to-grant
-times (controller/policy_startup.py): a resume, a cold start, or a worker whose unit completed
-first, as it happens on this endpoint. This is the (S-1, S) inventory model of spare parts, the
-square-root staffing rule's discrete cousin: spares grow with the arrivals within one start-up.
+`slow` is the measured share of session requests granted later than T (a poll included): not
+granted at once (`warm`, a worker released moments ago) and with a start-up R + poll > T, from
+the measured spread of request-to-grant times (controller/policy_startup.py). This is square-root
+staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
+with the load, its free sessions with about the square root of it.
 
-**The price.** Spares cost worker-seconds, late units break the target; the policy keeps the k
-spares worth most: rate x price x (P_late(0) - P_late(k)) - k at its largest, `price` being the
-worker-seconds one late unit is worth. Where arrivals are frequent a spare saves
-many units, where they are rare it saves few: spares go where they are cheapest per unit saved,
-which is how a share of late units is met at the least cost. The price is learned (integral
-control on its log): late units raise it and units on time lower it, each by a step sized to the
-units `wait_window` holds, so that the late share settles at AIM x (1 - quantile). Learning
-corrects whatever the model gets wrong (bursts, service times, a source's quirks).
+**The price.** Free sessions cost worker-seconds, late units break the target; the policy holds
+the pool worth most: rate x price x (P_late(0) - P_late(n)) - E[(n - N)+] at its largest, `price`
+being the worker-seconds one late unit is worth. Where arrivals are frequent a free session saves
+many units, where they are rare it saves few: they go where they are cheapest per unit saved,
+which is how a share of late units is met at the least cost (the Lagrangian of "at most that
+share late"). The price is learned (integral control on its log): late units raise it and units
+on time lower it, each by a step sized to the units `wait_window` holds, so that the late share
+settles at AIM x (1 - quantile). Learning corrects whatever the model gets wrong (bursts, service
+times, a source's quirks).
 
 **Late units from depth readings.** The queue is served oldest first, so the units that arrived
 T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
@@ -152,58 +154,87 @@ def update(
     ), arrived
 
 
-def late_chances(rate: float, target: float, poll: float, startup: StartupState) -> Iterator[float]:
-    """P_late(0), P_late(1), ...: the chance a unit arriving now waits longer than `target` with
-    that many spares (see above); endless, falling to 0."""
-    return _chances(rate, target, poll, tuple(startup.spread()), startup.warm_share)
+def late_chance(
+    rate: float, service: float, target: float, poll: float, startup: StartupState, pool: int
+) -> float:
+    """The chance a unit arriving now waits longer than `target` with `pool` units' sessions held
+    (see above)."""
+    return _late(_pmf(rate * service), service, target, poll, _slow(target, poll, startup), pool)
 
 
-def _chances(
-    rate: float, target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float
-) -> Iterator[float]:
-    # Per start-up bin that can make a unit late: its share, and Poisson(mean)'s P(N = k), P(N >= k).
-    bins = [[share, rate * gap, math.exp(-rate * gap), 1.0]
-            for share, seconds in spread if (gap := seconds + poll - target) > 0]  # fmt: skip
-    count = 0
-    while True:
-        yield (1 - warm) * sum(share * tail for share, _, _, tail in bins)
-        count += 1
-        for state in bins:
-            share, mean, exactly, tail = state
-            state[3] = max(0.0, tail - exactly)  # P(N >= k+1) = P(N >= k) - P(N = k)
-            state[2] = exactly * mean / count
+def _slow(target: float, poll: float, startup: StartupState) -> float:
+    """The share of session requests granted later than `target` (a poll included)."""
+    return (1 - startup.warm_share) * sum(share for share, seconds in startup.spread() if seconds + poll > target)
 
 
-def spares(state: WaitState, target: WaitTarget, startup: StartupState, cap: int) -> int:
-    """Warm spares (units) worth their cost at the learned price; at most `cap`."""
+def _late(pmf: tuple[float, ...], service: float, target: float, poll: float, slow: float, pool: int) -> float:
+    # Units in the system: P(N = k) is pmf[k]. The unit that finds j - 1 units queued behind a
+    # full pool is late when fewer than j of the pool's units complete within the target and its
+    # own session comes late.
+    if slow <= 0:
+        return 0.0
+    completions = pool * max(0.0, target - poll) / service
+    late, term, below = 0.0, math.exp(-completions), 0.0
+    for ahead in range(len(pmf) - pool):
+        below += term  # P(fewer than ahead + 1 completions)
+        term *= completions / (ahead + 1)
+        late += pmf[pool + ahead] * below
+    return slow * min(1.0, late)
+
+
+@lru_cache(maxsize=1024)
+def _pmf(mean: float) -> tuple[float, ...]:
+    """P(N = 0), P(N = 1), ... for N ~ Poisson(mean), as far as any mass is left (1e-12)."""
+    if mean <= 0:
+        return (1.0,)
+    # From the mode both ways, in logs: exp(-mean) underflows for a large mean.
+    mode = math.floor(mean)
+    value = math.exp(mode * math.log(mean) - mean - math.lgamma(mode + 1))
+    down, k = [value], mode
+    while k > 0 and down[-1] > 1e-12:
+        down.append(down[-1] * k / mean)
+        k -= 1
+    up, k = [], mode
+    while not up or up[-1] > 1e-12:
+        k += 1
+        up.append((up[-1] if up else value) * mean / k)
+    # Below what `down` reached, the mass is negligible: zeros keep pmf[k] at index k.
+    return (0.0,) * (mode + 1 - len(down)) + tuple(reversed(down)) + tuple(up)
+
+
+def pool(state: WaitState, target: WaitTarget, startup: StartupState, cap: int) -> int:
+    """Units' sessions worth holding at the learned price for the traffic seen; at most `cap`.
+    Spares are what of them the work does not use."""
     if state.rate <= 0:
         return 0
-    # Rate and price on a 1% log grid, the poll to 50 ms, the start-up shares to 1%: the answer
-    # is the same for nearby inputs, so it is computed once for them (a pure function's cache;
-    # ticks repeat them a lot, and every grant nudges the start-up spread).
-    rate = math.exp(round(math.log(state.rate), 2))
-    price = math.exp(round(math.log(state.price), 2))
-    spread = tuple((round(share, 2), seconds) for share, seconds in startup.spread() if share >= 0.005)
-    return _spares(rate, price, round(state.poll * 20) / 20, target.seconds, spread, round(startup.warm_share, 2), cap)
+    # Load, service and price on a 1% log grid, the poll to 50 ms, the slow share to 1%: the
+    # answer is the same for nearby inputs, so it is computed once for them (a pure function's
+    # cache; ticks repeat them a lot, and every grant nudges the start-up spread).
+    def grid(value: float) -> float:
+        return math.exp(round(math.log(value), 2))
+
+    poll = round(state.poll * 20) / 20
+    slow = round(_slow(target.seconds, poll, startup), 2)
+    return _pool(grid(state.rate * state.service), grid(state.service), grid(state.price), poll, target.seconds, slow, cap)
 
 
-@lru_cache(maxsize=4096)
-def _spares(
-    rate: float, price: float, poll: float, target: float, spread: tuple[tuple[float, float], ...], warm: float, cap: int
-) -> int:
-    # Most net worth: late units saved per second x price - spares. Not the first k whose next
-    # spare saves too little: with many arrivals per start-up the first spares save almost
-    # nothing, and only enough of them do (P_late is not convex in k).
-    chances = _chances(rate, target, poll, spread, warm)
-    first = next(chances)
-    best, best_worth = 0, 0.0
+@lru_cache(maxsize=8192)
+def _pool(mean: float, service: float, price: float, poll: float, target: float, slow: float, cap: int) -> int:
+    # Most net worth: late units saved per second x price, less the sessions held free (the
+    # pool's units beyond those in the system: E[(n - N)+]). Not the first n whose next session
+    # saves too little: P_late is not convex in n.
+    rate, pmf = mean / service, _pmf(mean)
+    first = _late(pmf, service, target, poll, slow, 0)
+    best, best_worth, free, below = 0, 0.0, 0.0, 0.0
     for count in range(1, cap + 1):
-        chance = next(chances)
-        worth = rate * price * (first - chance) - count
+        below += pmf[count - 1] if count - 1 < len(pmf) else 0.0  # P(N < count)
+        free += below  # E[(count - N)+]
+        late = _late(pmf, service, target, poll, slow, count)
+        worth = rate * price * (first - late) - free
         if worth > best_worth:
             best, best_worth = count, worth
-        if chance < 1e-9 or rate * price * chance < 1:
-            break  # no further spare can save a unit's worth
+        if late < 1e-9 or rate * price * late < below:
+            break  # each further session costs more than all the late units left are worth
     return best
 
 
@@ -234,15 +265,3 @@ def _poisson_tails(mean: float) -> Iterator[float]:
         k += 1
         exactly *= mean / k
         yield tail
-
-
-def _poisson_tail(mean: float, k: int) -> float:
-    """P(N >= k) for N ~ Poisson(mean)."""
-    if k <= 0:
-        return 1.0
-    term = math.exp(-mean)
-    below = term
-    for j in range(1, k):
-        term *= mean / j
-        below += term
-    return max(0.0, 1.0 - below)
