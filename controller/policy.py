@@ -315,9 +315,11 @@ def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
 
 
 def decide(
-    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState
+    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState, poll: float = 1.0
 ) -> Decision:
-    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed."""
+    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed.
+    `poll`: the longest time until the next reading (the loop's poll_interval): what a reading
+    can miss, which the wait target allows for."""
     bounds = _bounds(config)
     sources = _sources(depth)
     readable = [s for s in sources if s.depth is not None]
@@ -342,8 +344,8 @@ def decide(
             # Only full reads: a source missing from the sum would look like its work completed.
             rate = policy_rate.update(rate, now, float(work.weighted), float(work.weighted_in_flight), config)
         if config.wait_target is not None and len(readable) == len(sources):
-            learned = _learn(learned, work, now, config)
-        wanted, notes = _wanted(work, supply, config, bounds, rate, terms, learned, now)
+            learned = _learn(learned, work, now, config, poll)
+        wanted, notes = _wanted(work, supply, config, bounds, rate, terms, learned, now, poll)
         if len(readable) < len(sources):
             wanted = max(wanted, bounds.clamp(supply.total))
             missing = ", ".join(s.name for s in sources if s.depth is None)
@@ -376,12 +378,12 @@ def decide(
     )
 
 
-def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig) -> Learned:
+def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig, poll: float) -> Learned:
     """The wait target's rates, late share and price, and the profile, after one full reading."""
     assert config.wait_target is not None
     wait, arrived = policy_wait.update(
         learned.wait or WaitState(), now, work.waiting, work.in_flight, work.oldest_age,
-        config.wait_target, config.wait_window,
+        config.wait_target, config.wait_window, poll,
     )  # fmt: skip
     profile = learned.profile
     if config.forecast and wait.at is not None:
@@ -398,6 +400,7 @@ def _wanted(
     terms: dict[str, float],
     learned: Learned,
     now: float,
+    poll: float,
 ) -> tuple[int, list[str]]:
     """Sessions the work asks for now, and notes on what bent the number; fills `terms`."""
     notes: list[str] = []
@@ -429,7 +432,7 @@ def _wanted(
             notes.append(f"oldest waited {work.oldest_age:g}s > max_wait {config.max_wait:g}s")
         need = max(need, by_age)
     if config.wait_target is not None and learned.wait is not None:
-        need = _for_wait_target(need, work, config, bounds, learned, now, terms, notes)
+        need = _for_wait_target(need, config, bounds, learned, now, poll, terms, notes)
     if need and config.buffer_sessions:
         need += config.buffer_sessions
         terms["buffer"] = config.buffer_sessions
@@ -454,7 +457,7 @@ def _wanted(
 
 
 def _for_wait_target(
-    need: int, work: _Work, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float,
+    need: int, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float, poll: float,
     terms: dict[str, float], notes: list[str],
 ) -> int:  # fmt: skip
     """`need` raised to the forecast work one start-up ahead (capped), and to the pool the wait
@@ -462,7 +465,7 @@ def _for_wait_target(
     assert config.wait_target is not None and learned.wait is not None
     wait, startup = learned.wait, learned.startup
     if config.forecast and learned.profile is not None:
-        lead = startup.lead + wait.poll
+        lead = startup.lead + poll
         service = config.seconds_per_unit or wait.service
         expected = policy_season.expected(learned.profile, now, now + lead, service)
         # A session held for a forecast unit that does not come costs its lead, a bin and the
@@ -478,7 +481,7 @@ def _for_wait_target(
         if ahead:
             notes.append(f"forecast: {expected:.3g} units in {lead:.0f}s")
             need += ahead
-    pool = policy_rate.sessions(policy_wait.pool(wait, config.wait_target, startup, bounds.upper), config)
+    pool = policy_rate.sessions(policy_wait.pool(wait, config.wait_target, startup, poll, bounds.upper), config)
     spare = max(0, pool - need)
     terms.update(pool=pool, spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
     if spare:

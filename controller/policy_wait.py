@@ -75,7 +75,6 @@ class WaitState:
     seen: float = 0.0  # arrivals per second over wait_window
     late: float = 0.0  # late units per second over wait_window
     price: float = PRICE_START
-    poll: float = 1.0  # seconds between readings, averaged
     recent: tuple[tuple[float, float], ...] = ()
 
     @property
@@ -92,20 +91,20 @@ class WaitState:
         return min(3600.0, max(1.0, self.busy / self.seen))
 
     def as_json(self) -> dict[str, float]:
-        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "late": self.late,
-                "price": self.price, "poll": self.poll}  # fmt: skip
+        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "late": self.late, "price": self.price}
 
     @classmethod
     def from_json(cls, data: dict[str, float]) -> WaitState:
         return cls(rate=float(data["rate"]), busy=float(data["busy"]), seen=float(data["seen"]),
-                   late=float(data["late"]), price=float(data["price"]), poll=float(data["poll"]))  # fmt: skip
+                   late=float(data["late"]), price=float(data["price"]))  # fmt: skip
 
 
 def update(
     state: WaitState, now: float, waiting: int, in_flight: int, oldest_age: float | None,
-    target: WaitTarget, window: float,
+    target: WaitTarget, window: float, poll: float,
 ) -> tuple[WaitState, float]:  # fmt: skip
-    """The state after one good reading, and the arrivals it counted."""
+    """The state after one good reading, and the arrivals it counted; `poll` is the longest
+    time between readings."""
     total = float(waiting + in_flight)
     if state.at is None:
         # After a restart the averages carry on (they are what was learned); the window of
@@ -119,7 +118,7 @@ def update(
     arrived = max(0.0, total - state.total)
     # A reading sees a unit's wait only to within a poll: one still waiting a poll short of
     # the target is counted late (a unit served between two readings past it would be missed).
-    horizon = max(0.0, target.seconds - state.poll)
+    horizon = max(0.0, target.seconds - poll)
     cutoff = now - horizon
     due = sum(count for at, count in state.recent if at <= cutoff)
     kept = tuple((at, count) for at, count in state.recent if at > cutoff)
@@ -149,7 +148,6 @@ def update(
         seen=seen,
         late=late_rate,
         price=min(PRICE_MAX, max(PRICE_MIN, price)),
-        poll=state.poll + 0.1 * (min(dt, 30.0) - state.poll),
         recent=(*kept, (now, arrived)) if arrived else kept,
     ), arrived
 
@@ -164,7 +162,12 @@ def late_chance(
 
 def _slow(target: float, poll: float, startup: StartupState) -> float:
     """The share of session requests granted later than `target` (a poll included)."""
-    return (1 - startup.warm_share) * sum(share for share, seconds in startup.spread() if seconds + poll > target)
+    return _slow_share(target, poll, startup.spread, startup.warm_share)
+
+
+@lru_cache(maxsize=256)
+def _slow_share(target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float) -> float:
+    return (1 - warm) * sum(share for share, seconds in spread if seconds + poll > target)
 
 
 def _late(pmf: tuple[float, ...], service: float, target: float, poll: float, slow: float, pool: int) -> float:
@@ -202,31 +205,42 @@ def _pmf(mean: float) -> tuple[float, ...]:
     return (0.0,) * (mode + 1 - len(down)) + tuple(reversed(down)) + tuple(up)
 
 
-def pool(state: WaitState, target: WaitTarget, startup: StartupState, cap: int) -> int:
-    """Units' sessions worth holding at the learned price for the traffic seen; at most `cap`.
-    Spares are what of them the work does not use."""
+def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: float, cap: int) -> int:
+    """Units' sessions worth holding at the learned price for the traffic seen, read every
+    `poll` seconds at most; at most `cap`. Spares are what of them the work does not use."""
     if state.rate <= 0:
         return 0
-    # Load, service and price on a 1% log grid, the poll to 50 ms, the slow share to 1%: the
-    # answer is the same for nearby inputs, so it is computed once for them (a pure function's
-    # cache; ticks repeat them a lot, and every grant nudges the start-up spread).
-    def grid(value: float) -> float:
-        return math.exp(round(math.log(value), 2))
+    # Load and service on a 5% log grid, the price on a 10% one, the poll to 50 ms, the slow
+    # share to 1%: the answer is the same for nearby inputs, so it is computed once for them (a
+    # pure function's cache: every arrival moves the load and the price a little). That is finer
+    # than what they are known to: a load averaged over RATE_WINDOW is a count of tens of
+    # arrivals, and the price moves by a factor STEP x STEP in a window.
+    def grid(value: float, step: float) -> float:
+        return math.exp(round(math.log(value) / step) * step)
 
-    poll = round(state.poll * 20) / 20
+    poll = round(poll * 20) / 20
     slow = round(_slow(target.seconds, poll, startup), 2)
-    return _pool(grid(state.rate * state.service), grid(state.service), grid(state.price), poll, target.seconds, slow, cap)
+    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.05)
+    return _pool(mean, service, grid(state.price, 0.1), poll, target.seconds, slow, cap)
 
 
 @lru_cache(maxsize=8192)
 def _pool(mean: float, service: float, price: float, poll: float, target: float, slow: float, cap: int) -> int:
     # Most net worth: late units saved per second x price, less the sessions held free (the
     # pool's units beyond those in the system: E[(n - N)+]). Not the first n whose next session
-    # saves too little: P_late is not convex in n.
+    # saves too little: P_late is not convex in n. Below `low` (the load less 4 standard
+    # deviations) a session is almost never free, so each saves more than it costs: the search
+    # starts there.
     rate, pmf = mean / service, _pmf(mean)
     first = _late(pmf, service, target, poll, slow, 0)
-    best, best_worth, free, below = 0, 0.0, 0.0, 0.0
-    for count in range(1, cap + 1):
+    low = min(cap, max(0, math.floor(mean - 4 * math.sqrt(mean))))
+    below = sum(pmf[:low])  # P(N < low)
+    free = sum((low - k) * chance for k, chance in enumerate(pmf[:low]))  # E[(low - N)+]
+    best, best_worth = 0, 0.0
+    if low:
+        best_worth = rate * price * (first - _late(pmf, service, target, poll, slow, low)) - free
+        best = low if best_worth > 0 else 0
+    for count in range(low + 1, cap + 1):
         below += pmf[count - 1] if count - 1 < len(pmf) else 0.0  # P(N < count)
         free += below  # E[(count - N)+]
         late = _late(pmf, service, target, poll, slow, count)

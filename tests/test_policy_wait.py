@@ -76,7 +76,7 @@ def late_units(readings: list[tuple[float, int, int]], oldest: list[float | None
     for index, (at, waiting, in_flight) in enumerate(readings):
         before = state
         age = None if oldest is None else oldest[index]
-        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600)
+        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600, 1.0)
         if before.at is not None:
             dt = at - before.at
             rate = -math.expm1(-dt / 3600)
@@ -110,7 +110,7 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
             arrivals = range(max(0, t - wait - 3) // 2 * 2, t + 1, 2)
             waiting = sum(a <= t < a + wait for a in arrivals)
             in_flight = sum(a + wait <= t < a + wait + 2 for a in arrivals)
-            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600)
+            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0)
         return state
 
     late = stream(WaitState(), 0, 1200, wait=15)
@@ -119,7 +119,7 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
     assert on_time.price < late.price
     quiet = on_time
     for t in range(2400, 3600):  # nothing arrives: nothing to learn from
-        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600)
+        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600, 1.0)
     assert quiet.price == on_time.price
 
 
@@ -127,7 +127,7 @@ def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrival
     startup = StartupState()
 
     def count(rate: float, price: float) -> int:
-        return policy_wait.pool(WaitState(rate=rate, price=price), P95_10, startup, 100)
+        return policy_wait.pool(WaitState(rate=rate, price=price), P95_10, startup, 1.0, 100)
 
     assert count(0.0, 1e5) == 0
     assert count(0.1, 100) <= count(0.1, 1000) <= count(0.1, 10000)
@@ -135,7 +135,7 @@ def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrival
     # At a high price the pool holds more than the load (60 units at 1 unit/s of 60 s): spares.
     assert count(1.0, 1e4) > 60
     # A long target needs none: every start-up lands within it.
-    assert policy_wait.pool(WaitState(rate=1.0, price=1e5), WaitTarget(quantile=0.95, seconds=3600), startup, 100) == 0
+    assert policy_wait.pool(WaitState(rate=1.0, price=1e5), WaitTarget(quantile=0.95, seconds=3600), startup, 1.0, 100) == 0
 
 
 def test_the_late_chance_falls_with_each_session_of_the_pool_to_zero() -> None:
@@ -260,8 +260,8 @@ def test_a_wait_target_never_breaks_the_caps_and_never_strands_work(
 @given(rate=st.floats(0.0001, 5), low=st.floats(10, 1e4), factor=st.floats(1, 100), seconds=st.floats(1, 120))
 def test_more_price_never_buys_a_smaller_pool(rate: float, low: float, factor: float, seconds: float) -> None:
     target, startup = WaitTarget(quantile=0.95, seconds=seconds), StartupState()
-    cheap = policy_wait.pool(WaitState(rate=rate, price=low), target, startup, 200)
-    dear = policy_wait.pool(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 200)
+    cheap = policy_wait.pool(WaitState(rate=rate, price=low), target, startup, 1.0, 200)
+    dear = policy_wait.pool(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 1.0, 200)
     assert dear >= cheap
 
 
