@@ -44,8 +44,10 @@ from functools import lru_cache
 from controller.config import WaitTarget
 from controller.policy_startup import StartupState
 
-#: The late share the price aims at, as a fraction of the allowed one: noise around it stays within.
-AIM = 0.8
+#: The late share the price aims at, as a fraction of the allowed one: noise around it stays
+#: within. The late count already errs late (a unit waiting a poll short of the target counts),
+#: so a tenth of margin is enough; a fifth bought spares for waits well under the target.
+AIM = 0.9
 #: A wait window of units all on time lowers the price STEP x STEP times.
 STEP = 4.0
 #: A window counts as holding at least this many units: the first few do not swing the price.
