@@ -212,17 +212,18 @@ def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: floa
     `poll` seconds at most; at most `cap`. Spares are what of them the work does not use."""
     if state.rate <= 0:
         return 0
-    # Load and service on a 5% log grid, the price on a 10% one, the poll to 50 ms, the slow
-    # share to 1%: the answer is the same for nearby inputs, so it is computed once for them (a
-    # pure function's cache: every arrival moves the load and the price a little). That is finer
-    # than what they are known to: a load averaged over RATE_WINDOW is a count of tens of
-    # arrivals, and the price moves by a factor STEP x STEP in a window.
+    # The load on a 5% log grid, the service, the price and the slow share on a 10% one, the
+    # poll to 50 ms: the answer is the same for nearby inputs, so it is computed once for them (a
+    # pure function's cache: every arrival moves the load and the price a little, every grant
+    # the slow share). That is finer than what they are known to: a load averaged over
+    # RATE_WINDOW is a count of tens of arrivals, the slow share one of the last 50 start-ups,
+    # and the price moves by a factor STEP x STEP in a window.
     def grid(value: float, step: float) -> float:
-        return math.exp(round(math.log(value) / step) * step)
+        return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
 
     poll = round(poll * 20) / 20
-    slow = round(_slow(target.seconds, poll, startup), 2)
-    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.05)
+    slow = min(1.0, grid(_slow(target.seconds, poll, startup), 0.1))
+    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.1)
     return _pool(mean, service, grid(state.price, 0.1), poll, target.seconds, slow, cap)
 
 
