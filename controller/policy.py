@@ -70,6 +70,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from controller import policy_rate, policy_season, policy_startup, policy_wait
@@ -296,7 +297,7 @@ def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
         assert source.depth is not None
         units_waiting, units_in_flight = max(0, source.depth.waiting), max(0, source.depth.in_flight)
         # Decimal of the shortest repr, as for the budget: 1.1 x 10 units is 11, not 11.000000000000002.
-        weight = Decimal(repr(source.weight))
+        weight = _decimal(source.weight)
         waiting += units_waiting
         in_flight += units_in_flight
         weighted += weight * (units_waiting + units_in_flight)
@@ -494,9 +495,15 @@ def _shared(work: _Work, config: PolicyConfig) -> int:
     in-flight units keep theirs."""
     assert config.seconds_per_unit is not None and config.drain_time is not None
     # Decimal of the shortest repr, as for the weights: 6 x 0.1 / 0.2 is 3 sessions, not 4.
-    unit = Decimal(repr(config.seconds_per_unit))
-    share = work.weighted * unit / (unit + Decimal(repr(config.drain_time)))
+    unit = _decimal(config.seconds_per_unit)
+    share = work.weighted * unit / (unit + _decimal(config.drain_time))
     return math.ceil(max(share, work.in_flight) / config.work_per_session)
+
+
+@lru_cache(maxsize=256)
+def _decimal(value: float) -> Decimal:
+    """The Decimal of a float's shortest repr (a few settings, converted every tick: cached)."""
+    return Decimal(repr(value))
 
 
 def _on_failed_read(

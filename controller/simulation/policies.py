@@ -42,7 +42,8 @@ class Ours:
     made first (the scale-down window's hold and the averages then start from it, as they would
     every second), a reading is made when the window's oldest hold ends, and at least every
     `quiet` seconds (the arrival rate's decay, the forecast's bins: those act up to that late).
-    `quiet=0` reads every poll.
+    `quiet=0` reads every poll. Without a rate estimate or a wait target, the scale-down window is
+    all that moves with time, so nothing is late and there is no cap.
     """
 
     consumer = Consumer.REFERENCE
@@ -51,8 +52,10 @@ class Ours:
         self.config = config
         self.poll_interval = poll_interval
         self.state = PolicyState()
-        # A boot grace makes the sessions' ages an input that changes every second.
-        self.quiet = quiet if config.boot_grace == 0 else 0.0
+        # A boot grace makes the sessions' ages an input that changes every second; without a
+        # rate or a wait target nothing but the window moves with time, so no cap is needed.
+        timed = config.wait_target is not None or config.estimates_rate
+        self.quiet = 0.0 if config.boot_grace else quiet if timed else math.inf
         self._seen: tuple[int, int, int] | None = None  # (in flight, open, opening) of a quiet reading
         self._read_by = 0.0
         self._put_off = False
