@@ -57,6 +57,9 @@ MIN_UNITS = 20.0
 PRICE_START, PRICE_MIN, PRICE_MAX = 600.0, 10.0, 86400.0
 #: Arrivals are averaged over this long for the model's rate: Poisson traffic, not one arrival.
 RATE_WINDOW = 600.0
+#: Arrivals are also averaged over a day: what a window holds in the busier hours, so that a unit
+#: of a quiet hour moves the price no more than one of a busy hour.
+DAY = 86400.0
 #: A default service time until units have been seen in flight (Little's law needs a rate).
 SERVICE_START = 60.0
 
@@ -75,6 +78,7 @@ class WaitState:
     rate: float = 0.0  # arrivals per second over RATE_WINDOW
     busy: float = 0.0  # units in flight, averaged over wait_window
     seen: float = 0.0  # arrivals per second over wait_window
+    daily: float = 0.0  # arrivals per second over a DAY
     late: float = 0.0  # late units per second over wait_window
     price: float = PRICE_START
     recent: tuple[tuple[float, float], ...] = ()
@@ -93,12 +97,14 @@ class WaitState:
         return min(3600.0, max(1.0, self.busy / self.seen))
 
     def as_json(self) -> dict[str, float]:
-        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "late": self.late, "price": self.price}
+        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "daily": self.daily, "late": self.late,
+                "price": self.price}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, float]) -> WaitState:
         return cls(rate=float(data["rate"]), busy=float(data["busy"]), seen=float(data["seen"]),
-                   late=float(data["late"]), price=float(data["price"]))  # fmt: skip
+                   daily=float(data.get("daily", data["seen"])), late=float(data["late"]),
+                   price=float(data["price"]))  # fmt: skip
 
 
 def update(
@@ -130,14 +136,22 @@ def update(
         late = 0.0
     fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
     seen = state.seen + slow * (arrived / dt - state.seen)
+    daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
     late_rate = state.late + slow * (late / dt - state.late)
     price = state.price
     if arrived or late:
-        # The window's units: the average, corrected for how little of a window has been seen.
-        units = seen / -math.expm1(-(now - state.since) / window) * window if state.since is not None else 0.0
+        # The window's units: the average, corrected for how little of a window (of a day) has
+        # been seen; at least what a window holds on an average day's hour.
+        units = 0.0
+        if state.since is not None:
+            age = now - state.since
+            units = window * max(seen / -math.expm1(-age / window), daily / -math.expm1(-age / DAY))
         # Every unit lowers the log of the price a little, every late unit raises it by
         # (1 - aim) / aim times as much: it stands still at the aimed late share. A window of
-        # units all on time lowers it STEP x STEP times. Without units nothing moves it.
+        # units all on time lowers it STEP x STEP times. Without units nothing moves it. The
+        # price is one for every hour (what a late unit is worth, as the target is one quantile
+        # over all units), so a quiet hour's few units move it as little each as a busy hour's:
+        # it does not chase the late share of the hour.
         aim = AIM * (1 - target.quantile)
         step = 2 * math.log(STEP) / max(MIN_UNITS, units)
         price *= math.exp(step * (late * (1 - aim) / aim - (arrived - late)))
@@ -148,6 +162,7 @@ def update(
         rate=state.rate + fast * (arrived / dt - state.rate),
         busy=state.busy + slow * (in_flight - state.busy),
         seen=seen,
+        daily=daily,
         late=late_rate,
         price=min(PRICE_MAX, max(PRICE_MIN, price)),
         recent=(*kept, (now, arrived)) if arrived else kept,
