@@ -123,6 +123,18 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
     assert quiet.price == on_time.price
 
 
+def test_a_late_unit_of_a_quiet_hour_moves_the_price_as_little_as_one_of_a_busy_hour() -> None:
+    # An hour with a unit a minute, on a day that averages ten a minute: the price is one for the
+    # whole day's quantile, so its step is sized to the day's units, not to the quiet hour's.
+    def after_a_late_unit(daily: float) -> float:
+        state = WaitState(at=0.0, since=-86400.0, total=1.0, seen=1 / 60, daily=daily, recent=((-30.0, 1.0),))
+        state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0)
+        return math.log(state.price / policy_wait.PRICE_START)
+
+    quiet_day, busy_day = after_a_late_unit(1 / 60), after_a_late_unit(10 / 60)
+    assert quiet_day > 5 * busy_day > 0  # ten times the units: a tenth of the step
+
+
 def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrivals() -> None:
     startup = StartupState()
 

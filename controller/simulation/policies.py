@@ -55,7 +55,7 @@ class Ours:
         # A boot grace makes the sessions' ages an input that changes every second; without a
         # rate or a wait target nothing but the window moves with time, so no cap is needed.
         timed = config.wait_target is not None or config.estimates_rate
-        self.quiet = 0.0 if config.boot_grace else quiet if timed else math.inf
+        self.quiet = 0.0 if config.boot_grace or not quiet else quiet if timed else math.inf
         self._seen: tuple[int, int, int] | None = None  # (in flight, open, opening) of a quiet reading
         self._read_by = 0.0
         self._put_off = False
