@@ -214,7 +214,7 @@ class ScalerLoop:
         # the endpoint's start-up times from them.
         supply = replace(self.pool.supply, startups=self._metrics.take_startups(self.name))
         previous = self.last_decision
-        decision = decide(observation, supply, self.policy, now, self.state)
+        decision = decide(observation, supply, self.policy, now, self.state, self.poll_interval)
         self.state = decision.state
         self.last_decision = decision
         if self._memory is not None and (self._remembered_at is None or now - self._remembered_at >= REMEMBER_EVERY):

@@ -70,6 +70,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from controller import policy_rate, policy_season, policy_startup, policy_wait
@@ -296,7 +297,7 @@ def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
         assert source.depth is not None
         units_waiting, units_in_flight = max(0, source.depth.waiting), max(0, source.depth.in_flight)
         # Decimal of the shortest repr, as for the budget: 1.1 x 10 units is 11, not 11.000000000000002.
-        weight = Decimal(repr(source.weight))
+        weight = _decimal(source.weight)
         waiting += units_waiting
         in_flight += units_in_flight
         weighted += weight * (units_waiting + units_in_flight)
@@ -315,9 +316,11 @@ def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
 
 
 def decide(
-    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState
+    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState, poll: float = 1.0
 ) -> Decision:
-    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed."""
+    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed.
+    `poll`: the longest time until the next reading (the loop's poll_interval): what a reading
+    can miss, which the wait target allows for."""
     bounds = _bounds(config)
     sources = _sources(depth)
     readable = [s for s in sources if s.depth is not None]
@@ -342,8 +345,8 @@ def decide(
             # Only full reads: a source missing from the sum would look like its work completed.
             rate = policy_rate.update(rate, now, float(work.weighted), float(work.weighted_in_flight), config)
         if config.wait_target is not None and len(readable) == len(sources):
-            learned = _learn(learned, work, now, config)
-        wanted, notes = _wanted(work, supply, config, bounds, rate, terms, learned, now)
+            learned = _learn(learned, work, now, config, poll)
+        wanted, notes = _wanted(work, supply, config, bounds, rate, terms, learned, now, poll)
         if len(readable) < len(sources):
             wanted = max(wanted, bounds.clamp(supply.total))
             missing = ", ".join(s.name for s in sources if s.depth is None)
@@ -376,12 +379,12 @@ def decide(
     )
 
 
-def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig) -> Learned:
+def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig, poll: float) -> Learned:
     """The wait target's rates, late share and price, and the profile, after one full reading."""
     assert config.wait_target is not None
     wait, arrived = policy_wait.update(
         learned.wait or WaitState(), now, work.waiting, work.in_flight, work.oldest_age,
-        config.wait_target, config.wait_window,
+        config.wait_target, config.wait_window, poll,
     )  # fmt: skip
     profile = learned.profile
     if config.forecast and wait.at is not None:
@@ -398,6 +401,7 @@ def _wanted(
     terms: dict[str, float],
     learned: Learned,
     now: float,
+    poll: float,
 ) -> tuple[int, list[str]]:
     """Sessions the work asks for now, and notes on what bent the number; fills `terms`."""
     notes: list[str] = []
@@ -429,7 +433,7 @@ def _wanted(
             notes.append(f"oldest waited {work.oldest_age:g}s > max_wait {config.max_wait:g}s")
         need = max(need, by_age)
     if config.wait_target is not None and learned.wait is not None:
-        need = _for_wait_target(need, work, config, bounds, learned, now, terms, notes)
+        need = _for_wait_target(need, config, bounds, learned, now, poll, terms, notes)
     if need and config.buffer_sessions:
         need += config.buffer_sessions
         terms["buffer"] = config.buffer_sessions
@@ -454,14 +458,15 @@ def _wanted(
 
 
 def _for_wait_target(
-    need: int, work: _Work, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float,
+    need: int, config: PolicyConfig, bounds: _Bounds, learned: Learned, now: float, poll: float,
     terms: dict[str, float], notes: list[str],
 ) -> int:  # fmt: skip
-    """`need` raised to the forecast work one start-up ahead (capped), plus the warm spares."""
+    """`need` raised to the forecast work one start-up ahead (capped), and to the pool the wait
+    target holds for the traffic seen (its free sessions are the spares)."""
     assert config.wait_target is not None and learned.wait is not None
     wait, startup = learned.wait, learned.startup
     if config.forecast and learned.profile is not None:
-        lead = startup.lead + wait.poll
+        lead = startup.lead + poll
         service = config.seconds_per_unit or wait.service
         expected = policy_season.expected(learned.profile, now, now + lead, service)
         # A session held for a forecast unit that does not come costs its lead, a bin and the
@@ -472,13 +477,14 @@ def _for_wait_target(
         ahead = policy_rate.sessions(units, config) - need
         if config.forecast_max_cost_per_hour is not None and config.price_per_session_hour is not None:
             cap = min(cap, math.floor(config.forecast_max_cost_per_hour / config.price_per_session_hour))
-        terms.update(forecast=round(expected, 3), forecast_weight=round(learned.profile.weight, 3))
-        if ahead > 0 and cap > 0:
+        ahead = max(0, min(ahead, cap))
+        terms.update(forecast=round(expected, 3), forecast_weight=round(learned.profile.weight, 3), ahead=ahead)
+        if ahead:
             notes.append(f"forecast: {expected:.3g} units in {lead:.0f}s")
-            need += min(ahead, cap)
-    units = policy_wait.spares(wait, config.wait_target, startup, bounds.upper)
-    spare = policy_rate.sessions(units, config)
-    terms.update(spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
+            need += ahead
+    pool = policy_rate.sessions(policy_wait.pool(wait, config.wait_target, startup, poll, bounds.upper), config)
+    spare = max(0, pool - need)
+    terms.update(pool=pool, spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
     if spare:
         notes.append(f"{_count(spare, 'spare')} for {config.wait_target}")
     return need + spare
@@ -489,9 +495,15 @@ def _shared(work: _Work, config: PolicyConfig) -> int:
     in-flight units keep theirs."""
     assert config.seconds_per_unit is not None and config.drain_time is not None
     # Decimal of the shortest repr, as for the weights: 6 x 0.1 / 0.2 is 3 sessions, not 4.
-    unit = Decimal(repr(config.seconds_per_unit))
-    share = work.weighted * unit / (unit + Decimal(repr(config.drain_time)))
+    unit = _decimal(config.seconds_per_unit)
+    share = work.weighted * unit / (unit + _decimal(config.drain_time))
     return math.ceil(max(share, work.in_flight) / config.work_per_session)
+
+
+@lru_cache(maxsize=256)
+def _decimal(value: float) -> Decimal:
+    """The Decimal of a float's shortest repr (a few settings, converted every tick: cached)."""
+    return Decimal(repr(value))
 
 
 def _on_failed_read(

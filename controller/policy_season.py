@@ -27,6 +27,9 @@ _VOLUME = 10.0
 _EVEN = 0.5
 #: Bins skipped by a longer gap between readings (an outage, a restart) are left as they were.
 _MAX_GAP_BINS = 5
+#: The bins are kept in chunks of this many: a bin that ends copies its chunk, not the period (a
+#: day of 10-second bins is 8,640 of them, and one ends every 10 s).
+_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,19 @@ class Profile:
     period: float
     step: float
     started: float  # time of the first reading the profile saw
-    values: tuple[float, ...]
+    chunks: tuple[tuple[float, ...], ...]  # the bins' values, _CHUNK a chunk
     index: int  # absolute bin number (time // step) being counted
     count: float = 0.0
     forecast: float = 0.0  # units forecast for past bins, older ones weighing less
     actual: float = 0.0  # units that arrived in those bins, weighed alike
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """Every bin's value, in order."""
+        return tuple(value for chunk in self.chunks for value in chunk)
+
+    def value(self, phase: int) -> float:
+        return self.chunks[phase // _CHUNK][phase % _CHUNK]
 
     @property
     def weight(self) -> float:
@@ -59,7 +70,7 @@ class Profile:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Profile:
         values = tuple(float(v) for v in data["values"])  # type: ignore[attr-defined]
-        profile = cls(float(data["period"]), float(data["step"]), float(data["started"]), values,  # type: ignore[arg-type]
+        profile = cls(float(data["period"]), float(data["step"]), float(data["started"]), _chunked(values),  # type: ignore[arg-type]
                       int(data["index"]), float(data["count"]), float(data["forecast"]), float(data["actual"]))  # type: ignore[arg-type]  # fmt: skip
         if len(values) != bins(profile.period, profile.step):
             raise ValueError(f"profile: expected {bins(profile.period, profile.step)} bins, got {len(values)}")
@@ -70,35 +81,41 @@ def bins(period: float, step: float) -> int:
     return max(1, round(period / step))
 
 
+def _chunked(values: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    return tuple(values[at : at + _CHUNK] for at in range(0, len(values), _CHUNK))
+
+
 def update(profile: Profile | None, now: float, arrived: float, period: float, step: float) -> Profile:
     """The profile after a reading at `now` that counted `arrived` new units."""
     index = math.floor(now / step)
     if profile is None or (profile.period, profile.step) != (period, step):
-        return Profile(period, step, now, (0.0,) * bins(period, step), index, arrived)
+        return Profile(period, step, now, _chunked((0.0,) * bins(period, step)), index, arrived)
     if index <= profile.index:
         # The same bin (or the clock stepped back): keep counting in it. (No dataclasses.replace:
         # this runs every tick.)
         if not arrived:
             return profile
-        return Profile(profile.period, profile.step, profile.started, profile.values, profile.index,
+        return Profile(profile.period, profile.step, profile.started, profile.chunks, profile.index,
                        profile.count + arrived, profile.forecast, profile.actual)  # fmt: skip
-    values = list(profile.values)
+    chunks, size = list(profile.chunks), bins(profile.period, profile.step)
     forecast_sum, actual_sum = profile.forecast, profile.actual
     ended = [(profile.index, profile.count)]
     if index - profile.index - 1 <= _MAX_GAP_BINS:
         ended += [(i, 0.0) for i in range(profile.index + 1, index)]
     for number, count in ended:
-        phase = number % len(values)
-        forecast = values[phase]
+        at, within = divmod(number % size, _CHUNK)
+        chunk = chunks[at]
+        forecast = chunk[within]
         if number * profile.step - profile.started >= profile.period:
             # Older evidence fades by the units forecast since, not by time: a weight keeps until
             # the profile forecasts again.
             fade = math.exp(-forecast / _VOLUME)
             forecast_sum, actual_sum = forecast_sum * fade + forecast, actual_sum * fade + count
-            values[phase] += (_ALPHA_UP if count >= forecast else _ALPHA_DOWN) * (count - forecast)
+            learned = forecast + (_ALPHA_UP if count >= forecast else _ALPHA_DOWN) * (count - forecast)
         else:
-            values[phase] = count
-    return replace(profile, values=tuple(values), index=index, count=arrived, forecast=forecast_sum, actual=actual_sum)
+            learned = count
+        chunks[at] = (*chunk[:within], learned, *chunk[within + 1 :])
+    return replace(profile, chunks=tuple(chunks), index=index, count=arrived, forecast=forecast_sum, actual=actual_sum)
 
 
 def expected(profile: Profile | None, start: float, end: float, service: float) -> float:
@@ -106,9 +123,9 @@ def expected(profile: Profile | None, start: float, end: float, service: float) 
     a whole period is learned), weighted by its track record."""
     if profile is None or not profile.ready:
         return 0.0
-    size, width = len(profile.values), max(1, math.floor(service / profile.step))
+    size, width = bins(profile.period, profile.step), max(1, math.floor(service / profile.step))
     first, last = math.floor(start / profile.step) - width + 1, math.floor(end / profile.step)
-    values = [profile.values[i % size] for i in range(first, last + 1)]
+    values = [profile.value(i % size) for i in range(first, last + 1)]
     held = most = sum(values[:width])  # units of the bins that start within one service time
     for leaving, coming in zip(values, values[width:], strict=False):
         held += coming - leaving

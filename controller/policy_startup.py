@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 #: A grant faster than this found a ready worker: it says nothing about start-ups.
 WARM = 5.0
@@ -60,12 +61,15 @@ class StartupState:
     #: Recent start-ups (not warm) per bin of EDGES, older ones weighing less.
     counts: tuple[float, ...] = _prior()
 
-    def spread(self) -> list[tuple[float, float]]:
+    # Both read every tick, changed only by a grant: computed once per state (frozen, so the
+    # cache cannot go stale).
+    @cached_property
+    def spread(self) -> tuple[tuple[float, float], ...]:
         """The start-up times seen lately: (share, seconds) per bin that has any."""
         total = sum(self.counts)
-        return [(count / total, middle) for count, middle in zip(self.counts, MIDDLES, strict=True) if count > 0]
+        return tuple((count / total, middle) for count, middle in zip(self.counts, MIDDLES, strict=True) if count > 0)
 
-    @property
+    @cached_property
     def lead(self) -> float:
         """How long a session opened now on a worker that has to start takes, 4 times in 5."""
         seen, total = 0.0, sum(self.counts)

@@ -1,27 +1,29 @@
 """Warm spares for a wait target: a queueing model, and a price of lateness learned from the waits.
 
-**The model.** A unit that finds a warm spare (a session with no unit) starts at once; the pool
-then asks for a replacement, which is ready one start-up R later (plus up to a poll). A unit that
-finds no spare asks for a session itself, or is taken by a worker that finishes a unit first. So
-with k spares, a unit waits longer than the target T when the k spares went to the arrivals of
-the last R + poll - T seconds and no busy worker frees within T:
+**The model.** The pool is the sessions held for units: those running one and those free. Units
+in the system (waiting or in flight) are Poisson with mean rate x service (M/G/infinity, the
+load), so a unit arriving finds a free session unless the pool's n sessions are all taken. One
+that finds j - 1 units queued ahead of it is served by the j-th of the pool's units to complete
+(the consumer takes the next unit before it releases), or by the session the controller asks for
+it, whichever comes first. It waits longer than the target T when both are late:
 
-    P_late(k) = (1 - warm) x sum over R of share(R) x P(Poisson(rate x (R + poll - T)) >= k)
+    P_late(n) = slow x sum over N >= n of P(N) x P(Poisson(n x (T - poll) / service) < N - n + 1)
 
-(a start-up R with R + poll <= T adds nothing). `warm` is the measured share of opens granted at
-once (a worker released moments ago), share(R) the measured spread of the other request-to-grant
-times (controller/policy_startup.py): a resume, a cold start, or a worker whose unit completed
-first, as it happens on this endpoint. This is the (S-1, S) inventory model of spare parts, the
-square-root staffing rule's discrete cousin: spares grow with the arrivals within one start-up.
+`slow` is the measured share of session requests granted later than T (a poll included): not
+granted at once (`warm`, a worker released moments ago) and with a start-up R + poll > T, from
+the measured spread of request-to-grant times (controller/policy_startup.py). This is square-root
+staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
+with the load, its free sessions with about the square root of it.
 
-**The price.** Spares cost worker-seconds, late units break the target; the policy keeps the k
-spares worth most: rate x price x (P_late(0) - P_late(k)) - k at its largest, `price` being the
-worker-seconds one late unit is worth. Where arrivals are frequent a spare saves
-many units, where they are rare it saves few: spares go where they are cheapest per unit saved,
-which is how a share of late units is met at the least cost. The price is learned (integral
-control on its log): late units raise it and units on time lower it, each by a step sized to the
-units `wait_window` holds, so that the late share settles at AIM x (1 - quantile). Learning
-corrects whatever the model gets wrong (bursts, service times, a source's quirks).
+**The price.** Free sessions cost worker-seconds, late units break the target; the policy holds
+the pool worth most: rate x price x (P_late(0) - P_late(n)) - E[(n - N)+] at its largest, `price`
+being the worker-seconds one late unit is worth. Where arrivals are frequent a free session saves
+many units, where they are rare it saves few: they go where they are cheapest per unit saved,
+which is how a share of late units is met at the least cost (the Lagrangian of "at most that
+share late"). The price is learned (integral control on its log): late units raise it and units
+on time lower it, each by a step sized to the units `wait_window` holds, so that the late share
+settles at AIM x (1 - quantile). Learning corrects whatever the model gets wrong (bursts, service
+times, a source's quirks).
 
 **Late units from depth readings.** The queue is served oldest first, so the units that arrived
 T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
@@ -42,8 +44,10 @@ from functools import lru_cache
 from controller.config import WaitTarget
 from controller.policy_startup import StartupState
 
-#: The late share the price aims at, as a fraction of the allowed one: noise around it stays within.
-AIM = 0.8
+#: The late share the price aims at, as a fraction of the allowed one: noise around it stays
+#: within. The late count already errs late (a unit waiting a poll short of the target counts),
+#: so a tenth of margin is enough; a fifth bought spares for waits well under the target.
+AIM = 0.9
 #: A wait window of units all on time lowers the price STEP x STEP times.
 STEP = 4.0
 #: A window counts as holding at least this many units: the first few do not swing the price.
@@ -53,6 +57,9 @@ MIN_UNITS = 20.0
 PRICE_START, PRICE_MIN, PRICE_MAX = 600.0, 10.0, 86400.0
 #: Arrivals are averaged over this long for the model's rate: Poisson traffic, not one arrival.
 RATE_WINDOW = 600.0
+#: Arrivals are also averaged over a day: what a window holds in the busier hours, so that a unit
+#: of a quiet hour moves the price no more than one of a busy hour.
+DAY = 86400.0
 #: A default service time until units have been seen in flight (Little's law needs a rate).
 SERVICE_START = 60.0
 
@@ -71,9 +78,9 @@ class WaitState:
     rate: float = 0.0  # arrivals per second over RATE_WINDOW
     busy: float = 0.0  # units in flight, averaged over wait_window
     seen: float = 0.0  # arrivals per second over wait_window
+    daily: float = 0.0  # arrivals per second over a DAY
     late: float = 0.0  # late units per second over wait_window
     price: float = PRICE_START
-    poll: float = 1.0  # seconds between readings, averaged
     recent: tuple[tuple[float, float], ...] = ()
 
     @property
@@ -90,20 +97,22 @@ class WaitState:
         return min(3600.0, max(1.0, self.busy / self.seen))
 
     def as_json(self) -> dict[str, float]:
-        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "late": self.late,
-                "price": self.price, "poll": self.poll}  # fmt: skip
+        return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "daily": self.daily, "late": self.late,
+                "price": self.price}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, float]) -> WaitState:
         return cls(rate=float(data["rate"]), busy=float(data["busy"]), seen=float(data["seen"]),
-                   late=float(data["late"]), price=float(data["price"]), poll=float(data["poll"]))  # fmt: skip
+                   daily=float(data.get("daily", data["seen"])), late=float(data["late"]),
+                   price=float(data["price"]))  # fmt: skip
 
 
 def update(
     state: WaitState, now: float, waiting: int, in_flight: int, oldest_age: float | None,
-    target: WaitTarget, window: float,
+    target: WaitTarget, window: float, poll: float,
 ) -> tuple[WaitState, float]:  # fmt: skip
-    """The state after one good reading, and the arrivals it counted."""
+    """The state after one good reading, and the arrivals it counted; `poll` is the longest
+    time between readings."""
     total = float(waiting + in_flight)
     if state.at is None:
         # After a restart the averages carry on (they are what was learned); the window of
@@ -117,7 +126,7 @@ def update(
     arrived = max(0.0, total - state.total)
     # A reading sees a unit's wait only to within a poll: one still waiting a poll short of
     # the target is counted late (a unit served between two readings past it would be missed).
-    horizon = max(0.0, target.seconds - state.poll)
+    horizon = max(0.0, target.seconds - poll)
     cutoff = now - horizon
     due = sum(count for at, count in state.recent if at <= cutoff)
     kept = tuple((at, count) for at, count in state.recent if at > cutoff)
@@ -127,14 +136,22 @@ def update(
         late = 0.0
     fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
     seen = state.seen + slow * (arrived / dt - state.seen)
+    daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
     late_rate = state.late + slow * (late / dt - state.late)
     price = state.price
     if arrived or late:
-        # The window's units: the average, corrected for how little of a window has been seen.
-        units = seen / -math.expm1(-(now - state.since) / window) * window if state.since is not None else 0.0
+        # The window's units: the average, corrected for how little of a window (of a day) has
+        # been seen; at least what a window holds on an average day's hour.
+        units = 0.0
+        if state.since is not None:
+            age = now - state.since
+            units = window * max(seen / -math.expm1(-age / window), daily / -math.expm1(-age / DAY))
         # Every unit lowers the log of the price a little, every late unit raises it by
         # (1 - aim) / aim times as much: it stands still at the aimed late share. A window of
-        # units all on time lowers it STEP x STEP times. Without units nothing moves it.
+        # units all on time lowers it STEP x STEP times. Without units nothing moves it. The
+        # price is one for every hour (what a late unit is worth, as the target is one quantile
+        # over all units), so a quiet hour's few units move it as little each as a busy hour's:
+        # it does not chase the late share of the hour.
         aim = AIM * (1 - target.quantile)
         step = 2 * math.log(STEP) / max(MIN_UNITS, units)
         price *= math.exp(step * (late * (1 - aim) / aim - (arrived - late)))
@@ -145,65 +162,111 @@ def update(
         rate=state.rate + fast * (arrived / dt - state.rate),
         busy=state.busy + slow * (in_flight - state.busy),
         seen=seen,
+        daily=daily,
         late=late_rate,
         price=min(PRICE_MAX, max(PRICE_MIN, price)),
-        poll=state.poll + 0.1 * (min(dt, 30.0) - state.poll),
         recent=(*kept, (now, arrived)) if arrived else kept,
     ), arrived
 
 
-def late_chances(rate: float, target: float, poll: float, startup: StartupState) -> Iterator[float]:
-    """P_late(0), P_late(1), ...: the chance a unit arriving now waits longer than `target` with
-    that many spares (see above); endless, falling to 0."""
-    return _chances(rate, target, poll, tuple(startup.spread()), startup.warm_share)
+def late_chance(
+    rate: float, service: float, target: float, poll: float, startup: StartupState, pool: int
+) -> float:
+    """The chance a unit arriving now waits longer than `target` with `pool` units' sessions held
+    (see above)."""
+    return _late(_pmf(rate * service), service, target, poll, _slow(target, poll, startup), pool)
 
 
-def _chances(
-    rate: float, target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float
-) -> Iterator[float]:
-    # Per start-up bin that can make a unit late: its share, and Poisson(mean)'s P(N = k), P(N >= k).
-    bins = [[share, rate * gap, math.exp(-rate * gap), 1.0]
-            for share, seconds in spread if (gap := seconds + poll - target) > 0]  # fmt: skip
-    count = 0
-    while True:
-        yield (1 - warm) * sum(share * tail for share, _, _, tail in bins)
-        count += 1
-        for state in bins:
-            share, mean, exactly, tail = state
-            state[3] = max(0.0, tail - exactly)  # P(N >= k+1) = P(N >= k) - P(N = k)
-            state[2] = exactly * mean / count
+def _slow(target: float, poll: float, startup: StartupState) -> float:
+    """The share of session requests granted later than `target` (a poll included)."""
+    return _slow_share(target, poll, startup.spread, startup.warm_share)
 
 
-def spares(state: WaitState, target: WaitTarget, startup: StartupState, cap: int) -> int:
-    """Warm spares (units) worth their cost at the learned price; at most `cap`."""
+@lru_cache(maxsize=256)
+def _slow_share(target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float) -> float:
+    return (1 - warm) * sum(share for share, seconds in spread if seconds + poll > target)
+
+
+def _late(pmf: tuple[float, ...], service: float, target: float, poll: float, slow: float, pool: int) -> float:
+    # Units in the system: P(N = k) is pmf[k]. The unit that finds j - 1 units queued behind a
+    # full pool is late when fewer than j of the pool's units complete within the target and its
+    # own session comes late.
+    if slow <= 0:
+        return 0.0
+    completions = pool * max(0.0, target - poll) / service
+    late, term, below = 0.0, math.exp(-completions), 0.0
+    for ahead in range(len(pmf) - pool):
+        below += term  # P(fewer than ahead + 1 completions)
+        term *= completions / (ahead + 1)
+        late += pmf[pool + ahead] * below
+    return slow * min(1.0, late)
+
+
+@lru_cache(maxsize=1024)
+def _pmf(mean: float) -> tuple[float, ...]:
+    """P(N = 0), P(N = 1), ... for N ~ Poisson(mean), as far as any mass is left (1e-12)."""
+    if mean <= 0:
+        return (1.0,)
+    # From the mode both ways, in logs: exp(-mean) underflows for a large mean.
+    mode = math.floor(mean)
+    value = math.exp(mode * math.log(mean) - mean - math.lgamma(mode + 1))
+    down, k = [value], mode
+    while k > 0 and down[-1] > 1e-12:
+        down.append(down[-1] * k / mean)
+        k -= 1
+    up, k = [], mode
+    while not up or up[-1] > 1e-12:
+        k += 1
+        up.append((up[-1] if up else value) * mean / k)
+    # Below what `down` reached, the mass is negligible: zeros keep pmf[k] at index k.
+    return (0.0,) * (mode + 1 - len(down)) + tuple(reversed(down)) + tuple(up)
+
+
+def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: float, cap: int) -> int:
+    """Units' sessions worth holding at the learned price for the traffic seen, read every
+    `poll` seconds at most; at most `cap`. Spares are what of them the work does not use."""
     if state.rate <= 0:
         return 0
-    # Rate and price on a 1% log grid, the poll to 50 ms, the start-up shares to 1%: the answer
-    # is the same for nearby inputs, so it is computed once for them (a pure function's cache;
-    # ticks repeat them a lot, and every grant nudges the start-up spread).
-    rate = math.exp(round(math.log(state.rate), 2))
-    price = math.exp(round(math.log(state.price), 2))
-    spread = tuple((round(share, 2), seconds) for share, seconds in startup.spread() if share >= 0.005)
-    return _spares(rate, price, round(state.poll * 20) / 20, target.seconds, spread, round(startup.warm_share, 2), cap)
+    # The load on a 5% log grid, the service, the price and the slow share on a 10% one, the
+    # poll to 50 ms: the answer is the same for nearby inputs, so it is computed once for them (a
+    # pure function's cache: every arrival moves the load and the price a little, every grant
+    # the slow share). That is finer than what they are known to: a load averaged over
+    # RATE_WINDOW is a count of tens of arrivals, the slow share one of the last 50 start-ups,
+    # and the price moves by a factor STEP x STEP in a window.
+    def grid(value: float, step: float) -> float:
+        return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
+
+    poll = round(poll * 20) / 20
+    slow = min(1.0, grid(_slow(target.seconds, poll, startup), 0.1))
+    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.1)
+    return _pool(mean, service, grid(state.price, 0.1), poll, target.seconds, slow, cap)
 
 
-@lru_cache(maxsize=4096)
-def _spares(
-    rate: float, price: float, poll: float, target: float, spread: tuple[tuple[float, float], ...], warm: float, cap: int
-) -> int:
-    # Most net worth: late units saved per second x price - spares. Not the first k whose next
-    # spare saves too little: with many arrivals per start-up the first spares save almost
-    # nothing, and only enough of them do (P_late is not convex in k).
-    chances = _chances(rate, target, poll, spread, warm)
-    first = next(chances)
+@lru_cache(maxsize=8192)
+def _pool(mean: float, service: float, price: float, poll: float, target: float, slow: float, cap: int) -> int:
+    # Most net worth: late units saved per second x price, less the sessions held free (the
+    # pool's units beyond those in the system: E[(n - N)+]). Not the first n whose next session
+    # saves too little: P_late is not convex in n. Below `low` (the load less 4 standard
+    # deviations) a session is almost never free, so each saves more than it costs: the search
+    # starts there.
+    rate, pmf = mean / service, _pmf(mean)
+    first = _late(pmf, service, target, poll, slow, 0)
+    low = min(cap, max(0, math.floor(mean - 4 * math.sqrt(mean))))
+    below = sum(pmf[:low])  # P(N < low)
+    free = sum((low - k) * chance for k, chance in enumerate(pmf[:low]))  # E[(low - N)+]
     best, best_worth = 0, 0.0
-    for count in range(1, cap + 1):
-        chance = next(chances)
-        worth = rate * price * (first - chance) - count
+    if low:
+        best_worth = rate * price * (first - _late(pmf, service, target, poll, slow, low)) - free
+        best = low if best_worth > 0 else 0
+    for count in range(low + 1, cap + 1):
+        below += pmf[count - 1] if count - 1 < len(pmf) else 0.0  # P(N < count)
+        free += below  # E[(count - N)+]
+        late = _late(pmf, service, target, poll, slow, count)
+        worth = rate * price * (first - late) - free
         if worth > best_worth:
             best, best_worth = count, worth
-        if chance < 1e-9 or rate * price * chance < 1:
-            break  # no further spare can save a unit's worth
+        if late < 1e-9 or rate * price * late < below:
+            break  # each further session costs more than all the late units left are worth
     return best
 
 
@@ -234,15 +297,3 @@ def _poisson_tails(mean: float) -> Iterator[float]:
         k += 1
         exactly *= mean / k
         yield tail
-
-
-def _poisson_tail(mean: float, k: int) -> float:
-    """P(N >= k) for N ~ Poisson(mean)."""
-    if k <= 0:
-        return 1.0
-    term = math.exp(-mean)
-    below = term
-    for j in range(1, k):
-        term *= mean / j
-        below += term
-    return max(0.0, 1.0 - below)

@@ -76,7 +76,7 @@ def late_units(readings: list[tuple[float, int, int]], oldest: list[float | None
     for index, (at, waiting, in_flight) in enumerate(readings):
         before = state
         age = None if oldest is None else oldest[index]
-        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600)
+        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600, 1.0)
         if before.at is not None:
             dt = at - before.at
             rate = -math.expm1(-dt / 3600)
@@ -110,7 +110,7 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
             arrivals = range(max(0, t - wait - 3) // 2 * 2, t + 1, 2)
             waiting = sum(a <= t < a + wait for a in arrivals)
             in_flight = sum(a + wait <= t < a + wait + 2 for a in arrivals)
-            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600)
+            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0)
         return state
 
     late = stream(WaitState(), 0, 1200, wait=15)
@@ -119,27 +119,49 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
     assert on_time.price < late.price
     quiet = on_time
     for t in range(2400, 3600):  # nothing arrives: nothing to learn from
-        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600)
+        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600, 1.0)
     assert quiet.price == on_time.price
 
 
-def test_spares_grow_with_the_price_and_the_rate_and_none_without_arrivals() -> None:
+def test_a_late_unit_of_a_quiet_hour_moves_the_price_as_little_as_one_of_a_busy_hour() -> None:
+    # An hour with a unit a minute, on a day that averages ten a minute: the price is one for the
+    # whole day's quantile, so its step is sized to the day's units, not to the quiet hour's.
+    def after_a_late_unit(daily: float) -> float:
+        state = WaitState(at=0.0, since=-86400.0, total=1.0, seen=1 / 60, daily=daily, recent=((-30.0, 1.0),))
+        state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0)
+        return math.log(state.price / policy_wait.PRICE_START)
+
+    quiet_day, busy_day = after_a_late_unit(1 / 60), after_a_late_unit(10 / 60)
+    assert quiet_day > 5 * busy_day > 0  # ten times the units: a tenth of the step
+
+
+def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrivals() -> None:
     startup = StartupState()
+
     def count(rate: float, price: float) -> int:
-        return policy_wait.spares(WaitState(rate=rate, price=price), P95_10, startup, 100)
+        return policy_wait.pool(WaitState(rate=rate, price=price), P95_10, startup, 1.0, 100)
+
     assert count(0.0, 1e5) == 0
     assert count(0.1, 100) <= count(0.1, 1000) <= count(0.1, 10000)
     assert count(0.01, 1000) <= count(0.1, 1000) <= count(1.0, 1000)
-    assert count(1.0, 1000) > 0
+    # At a high price the pool holds more than the load (60 units at 1 unit/s of 60 s): spares.
+    assert count(1.0, 1e4) > 60
     # A long target needs none: every start-up lands within it.
-    assert policy_wait.spares(WaitState(rate=1.0, price=1e5), WaitTarget(quantile=0.95, seconds=3600), startup, 100) == 0
+    assert policy_wait.pool(WaitState(rate=1.0, price=1e5), WaitTarget(quantile=0.95, seconds=3600), startup, 1.0, 100) == 0
 
 
-def test_the_late_chance_falls_with_each_spare_to_zero() -> None:
-    chances = policy_wait.late_chances(0.2, 10, 1, StartupState())
-    values = [next(chances) for _ in range(120)]
+def test_the_late_chance_falls_with_each_session_of_the_pool_to_zero() -> None:
+    values = [policy_wait.late_chance(0.2, 60, 10, 1, StartupState(), n) for n in range(60)]
     assert values[0] == pytest.approx(1.0) and values[-1] < 1e-6
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_completions_within_the_target_serve_a_unit_that_finds_the_pool_full() -> None:
+    # The same load (12 units in the system on average): short units complete within the target
+    # often enough that a full pool of them makes a unit late less often than one of long units.
+    short = policy_wait.late_chance(1.0, 12, 10, 1, StartupState(), 12)
+    long = policy_wait.late_chance(0.05, 240, 10, 1, StartupState(), 12)
+    assert short < long / 2
 
 
 # ---- the recurring-load profile --------------------------------------------------------------------
@@ -248,10 +270,10 @@ def test_a_wait_target_never_breaks_the_caps_and_never_strands_work(
 
 @settings(max_examples=60, deadline=None)
 @given(rate=st.floats(0.0001, 5), low=st.floats(10, 1e4), factor=st.floats(1, 100), seconds=st.floats(1, 120))
-def test_more_price_never_buys_fewer_spares(rate: float, low: float, factor: float, seconds: float) -> None:
+def test_more_price_never_buys_a_smaller_pool(rate: float, low: float, factor: float, seconds: float) -> None:
     target, startup = WaitTarget(quantile=0.95, seconds=seconds), StartupState()
-    cheap = policy_wait.spares(WaitState(rate=rate, price=low), target, startup, 200)
-    dear = policy_wait.spares(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 200)
+    cheap = policy_wait.pool(WaitState(rate=rate, price=low), target, startup, 1.0, 200)
+    dear = policy_wait.pool(WaitState(rate=rate, price=min(low * factor, policy_wait.PRICE_MAX)), target, startup, 1.0, 200)
     assert dear >= cheap
 
 
@@ -268,12 +290,11 @@ def test_a_forecast_whose_pattern_stops_stops_costing_within_one_period() -> Non
             in_flight = 12 if batches and 0 <= since < 20 else 0
             decision = decide(QueueDepth(0, in_flight), Supply(sessions, 0), config, float(second), state)
             state, sessions = decision.state, decision.target
-            terms = dict(decision.terms)
-            forecast_sessions.append(decision.target - in_flight - int(terms["spares"]))
+            forecast_sessions.append(int(dict(decision.terms).get("ahead", 0)))
         return forecast_sessions
 
     play(0, 3 * period, batches=True)
     learning_cost = play(3 * period, 4 * period, batches=False)  # the first missed batch: pre-warmed
     assert max(learning_cost) >= 10
     after = play(4 * period, 5 * period, batches=False)
-    assert max(after) == 0  # no longer pre-warmed (spares for the rate seen are another matter)
+    assert max(after) == 0  # no longer pre-warmed (the pool for the rate seen is another matter)

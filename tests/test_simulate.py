@@ -9,6 +9,7 @@ import pytest
 
 import controller.policy
 from controller.cli import main
+from controller.config import PolicyConfig
 from controller.simulation import Consumer, Model, Result, Trace, World, frontier, simulate
 from controller.simulation import policies as sim_policies
 from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours, wait_checks
@@ -32,6 +33,35 @@ def test_the_model_under_test_is_the_one_these_answers_assume() -> None:
 
 def test_ours_runs_the_real_policy_function() -> None:
     assert sim_policies.decide is controller.policy.decide
+
+
+@pytest.mark.parametrize("fields", [{}, TUNED, {"scale_down_delay": 60.0}])
+def test_putting_off_quiet_readings_changes_nothing_without_a_wait_target(fields: dict[str, object]) -> None:
+    # The defaults' readings are put off without a cap, the tuned row's up to 10 s: the steps
+    # taken must be those of a loop that reads every second, to the last billed second.
+    trace = BUILT_IN["bursts"]()
+    every = simulate(trace, lambda m: Ours(PolicyConfig(max_sessions=m.max_workers, **fields), quiet=0), MODEL)
+    put_off = simulate(trace, ours(**fields), MODEL)
+    assert (put_off.cost, put_off.wait_p95, put_off.opens) == (every.cost, every.wait_p95, every.opens)
+
+
+def test_quiet_readings_are_put_off() -> None:
+    calls = 0
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return controller.policy.decide(*args, **kwargs)  # type: ignore[arg-type]
+
+    trace = BUILT_IN["trickle"]()
+    original, sim_policies.decide = sim_policies.decide, counting  # type: ignore[assignment]
+    try:
+        simulate(trace, ours(), MODEL)
+    finally:
+        sim_policies.decide = original
+    # A reading each second a unit waits (for its session: a resume) and at each grant,
+    # completion and release: about 30 a unit, against one a second over 6 hours.
+    assert calls < 40 * len(trace.arrivals) < trace.arrivals[-1] / 5
 
 
 # ---- known answers ------------------------------------------------------------------------------

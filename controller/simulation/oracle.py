@@ -40,6 +40,8 @@ class Oracle:
         while self._first_future < len(arrivals) and arrivals[self._first_future] <= now:
             self._first_future += 1
         last = bisect_right(arrivals, now + self.cold_start + self.interval, lo=self._first_future)
+        if last == self._first_future and not world.queue:
+            return self.interval  # no job waits or comes within a cold start: none is due
         # Jobs already waiting come first, as if arriving now.
         upcoming = [(now, services[job]) for job in world.queue]
         upcoming += zip(arrivals[self._first_future : last], services[self._first_future : last], strict=True)

@@ -33,16 +33,46 @@ from controller.sources import QueueDepth
 
 
 class Ours:
-    """The controller's loop: read the depth, `decide()`, cancel youngest, close youngest, open."""
+    """The controller's loop: read the depth, `decide()`, cancel youngest, close youngest, open.
+
+    It reads every `poll_interval`, as the loop does, but a reading that would see just what the
+    last one saw, with nothing waiting, is put off (up to `quiet` seconds): nothing the policy
+    reads has changed, and the run takes a fraction of the time (most seconds of a long trace
+    are such). What moves with time alone is kept: the reading a poll before the next change is
+    made first (the scale-down window's hold and the averages then start from it, as they would
+    every second), a reading is made when the window's oldest hold ends, and at least every
+    `quiet` seconds (the arrival rate's decay, the forecast's bins: those act up to that late).
+    `quiet=0` reads every poll. Without a rate estimate or a wait target, the scale-down window is
+    all that moves with time, so nothing is late and there is no cap.
+    """
 
     consumer = Consumer.REFERENCE
 
-    def __init__(self, config: PolicyConfig, poll_interval: float = 1.0):
+    def __init__(self, config: PolicyConfig, poll_interval: float = 1.0, quiet: float = 10.0):
         self.config = config
         self.poll_interval = poll_interval
         self.state = PolicyState()
+        # A boot grace makes the sessions' ages an input that changes every second; without a
+        # rate or a wait target nothing but the window moves with time, so no cap is needed.
+        timed = config.wait_target is not None or config.estimates_rate
+        self.quiet = 0.0 if config.boot_grace or not quiet else quiet if timed else math.inf
+        self._seen: tuple[int, int, int] | None = None  # (in flight, open, opening) of a quiet reading
+        self._read_by = 0.0
+        self._put_off = False
 
     def tick(self, now: float, world: World) -> float:
+        seen = (world.in_flight, world.sessions_open, world.sessions_opening)
+        if seen == self._seen and not world.waiting and not world.startups and now < self._read_by:
+            self._put_off = True
+            return self.poll_interval
+        if self._put_off:
+            # The reading of a poll ago, which saw what the last one saw; its steps are not
+            # taken (the world has moved on since): this reading decides again.
+            in_flight, open_, opening = self._seen  # type: ignore[misc]
+            before = now - self.poll_interval
+            self.state = decide(QueueDepth(0, in_flight), Supply(open_, opening), self.config, before, self.state,
+                                self.poll_interval).state  # fmt: skip
+            self._put_off = False
         oldest = now - world.trace.arrivals[world.queue[0]] if world.queue else None
         depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
         # Ages only matter with a boot grace; building them costs a pass over every session.
@@ -50,15 +80,22 @@ class Ours:
         startups = tuple(world.startups)
         world.startups.clear()
         supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages, startups=startups)
-        decision = decide(depth, supply, self.config, now, self.state)
+        decision = decide(depth, supply, self.config, now, self.state, self.poll_interval)
         self.state = decision.state
-        if not decision.act:
+        acts = decision.act and bool(decision.open or decision.cancel or decision.close)
+        self._seen = None if acts or world.waiting else seen
+        window = self.state.window
+        self._read_by = now + self.quiet
+        if len(window) > 1:
+            self._read_by = min(self._read_by, window[0][0] + self.config.scale_down_delay)
+        if not acts:
             return self.poll_interval
         # SessionPool.apply's order: cancel the youngest requests, close the youngest sessions
         # old enough to close (boot grace), open.
         world.cancel_youngest(decision.cancel)
-        eligible = [s for s, at in reversed(world.granted_at.items()) if now - at >= decision.close_min_age]
-        world.close(eligible[: decision.close])
+        if decision.close:
+            eligible = [s for s, at in reversed(world.granted_at.items()) if now - at >= decision.close_min_age]
+            world.close(eligible[: decision.close])
         world.open(decision.open)
         return self.poll_interval
 
