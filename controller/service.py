@@ -328,8 +328,8 @@ class Controller:
             ),
             return_exceptions=True,
         )
-        for name, scaler in self.scalers.items():
-            await scaler.loop.close()
+        await asyncio.gather(*(scaler.loop.close() for scaler in self.scalers.values()))
+        for name in self.scalers:
             self.metrics.watch_supply(name, None)
 
 

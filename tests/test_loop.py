@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
 from controller.config import PolicyConfig
 from controller.decisions import DecisionLog
-from controller.loop import MISSING_REPEAT_SECONDS, ScalerLoop
+from controller.loop import MISSING_REPEAT_SECONDS, NamedSource, ScalerLoop
 from controller.metrics import Metrics
 from controller.policy import Decision, Supply
 from controller.sources import QueueDepth, SourceError
@@ -130,3 +131,28 @@ async def test_a_failed_read_holds_the_sessions_then_falls_back_after_error_hold
     decision = await loop.tick()
     assert (decision.target, decision.close) == (1, 2)
     assert pool.applied == [decision]
+
+
+class HangingSource(ScriptedSource):
+    """A source whose close hangs until every source of its scaler has begun closing."""
+
+    def __init__(self, started: list[str], name: str, count: int):
+        super().__init__(QueueDepth(0, 0))
+        self.started, self.name, self.count = started, name, count
+        self.closed = False
+
+    async def close(self) -> None:
+        self.started.append(self.name)
+        while len(self.started) < self.count:
+            await asyncio.sleep(0.01)
+        self.closed = True
+
+
+async def test_sources_close_together_so_a_scaler_stops_within_one_close_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each close waits for the others to start: closed one after another, each would time out.
+    monkeypatch.setattr("controller.loop.CLOSE_SECONDS", 1.0)
+    started: list[str] = []
+    sources = [HangingSource(started, f"q{i}", 3) for i in range(3)]
+    loop = ScalerLoop("s", [NamedSource(s.name, s) for s in sources], RecordingPool(), PolicyConfig(), 1.0, Metrics())
+    await loop.close()
+    assert [s.closed for s in sources] == [True, True, True]
