@@ -313,8 +313,7 @@ class Controller:
         check = asyncio.create_task(self._check_endpoint(scaler, max_age=START_CHECK_MAX_AGE),
                                     name=f"endpoint-check-{scaler.config.name}")  # fmt: skip
         await _adopt(scaler)
-        callbacks = scaler.config.session.callback_url is not None
-        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks), check)
+        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(), check)
 
     async def _end_term(self, *, release: bool) -> None:
         """Cancel opens; close every session if releasing on shutdown, else leave them leased."""

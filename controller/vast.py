@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from vastai import Serverless
 from vastai.serverless.client.endpoint import Endpoint
 from vastai.serverless.client.request_status import RequestStatus
@@ -53,12 +55,24 @@ _GONE_STATUSES = {400, 401, 404, 410}
 
 
 class VastError(Exception):
-    """A Vast call failed; `kind` says how the caller should react."""
+    """A Vast call failed; `kind` says how the caller should react, `reason` names the cause.
 
-    def __init__(self, kind: str, message: str, status: int | None = None):
+    kind: rate_limited | server_error | timeout | rejected | unavailable, or the two that no
+    retry mends: unauthorized (the API key is refused) | no_endpoint (no endpoint of that name).
+    reason: a short label for metrics (timeout, http_503, connection_refused, ...); the message
+    says the same for people, without any secret.
+    """
+
+    def __init__(self, kind: str, message: str, status: int | None = None, reason: str | None = None):
         super().__init__(message)
-        self.kind = kind  # rate_limited | server_error | timeout | rejected | unavailable
+        self.kind = kind
         self.status = status
+        self.reason = reason or (f"http_{status}" if status is not None else kind)
+
+    @property
+    def fatal(self) -> bool:
+        """Wrong credentials or a missing endpoint: retrying changes nothing until someone fixes it."""
+        return self.kind in ("unauthorized", "no_endpoint")
 
 
 class SessionGone(Exception):
@@ -115,20 +129,53 @@ class RerouteTracker(RequestStatus):
             self._rerouted()
 
 
+#: Transport failures by what they mean, most specific first: (exception type, reason, words).
+_TRANSPORT_CAUSES: tuple[tuple[type[BaseException], str, str], ...] = (
+    (ConnectionRefusedError, "connection_refused", "connection refused"),
+    (socket.gaierror, "dns", "host name not resolved"),
+    (ssl.SSLError, "tls", "TLS handshake failed"),
+    (aiohttp.ServerDisconnectedError, "disconnected", "server closed the connection without answering"),
+    (ConnectionResetError, "connection_reset", "connection reset"),
+    (aiohttp.ClientConnectorError, "connect_failed", "cannot connect"),
+    (ConnectionError, "connection_error", "connection failed"),
+    (aiohttp.ClientError, "client_error", "HTTP client error"),
+    (OSError, "os_error", "network error"),
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps: the SDK re-raises plain Exceptions from inside its handlers."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
 def _classify(exc: BaseException) -> VastError:
-    """Turn an SDK exception into a VastError; the SDK only gives us its message text."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return VastError("timeout", "timed out waiting for Vast")
-    text = str(exc)
-    match = _HTTP_STATUS.search(text)
+    """Turn an SDK exception into a VastError that keeps its real cause."""
+    chain = _chain(exc)
+    if any(isinstance(e, (asyncio.TimeoutError, TimeoutError)) for e in chain):
+        return VastError("timeout", "timed out waiting for Vast", reason="timeout")
+    match = _HTTP_STATUS.search(str(exc))
     status = int(match.group(1)) if match else None
     if status == 429:
         return VastError("rate_limited", "Vast answered 429 (too many requests)", status)
+    if status in (401, 403):
+        return VastError("unauthorized", f"Vast refused the API key (HTTP {status}): check VAST_API_KEY", status)
     if status is not None and status >= 500:
         return VastError("server_error", f"Vast answered HTTP {status}", status)
     if status is not None:
         return VastError("rejected", f"Vast answered HTTP {status}", status)
-    return VastError("unavailable", f"Vast unreachable: {type(exc).__name__}")
+    for kind, reason, words in _TRANSPORT_CAUSES:
+        found = next((e for e in chain if isinstance(e, kind)), None)
+        if found is not None:
+            # aiohttp names the host it could not reach (never a URL, so never a key).
+            at = next((e for e in chain if isinstance(getattr(e, "host", None), str)), None)
+            place = f" ({at.host}:{at.port})" if at is not None else ""
+            return VastError("unavailable", f"Vast unreachable: {words}{place}", reason=reason)
+    return VastError("unavailable", f"Vast unreachable: {type(exc).__name__}", reason="other")
 
 
 class VastEndpoint:
@@ -193,7 +240,7 @@ class VastEndpoint:
             raise
         except Exception as exc:
             if "could not be found" in str(exc):
-                raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
+                raise VastError("no_endpoint", f"Vast endpoint {self.name!r} does not exist") from None
             raise _classify(exc) from None
         self._endpoint, self._fetched_at, self._failures, self._retry_at = endpoint, self._clock(), 0, 0.0
 
@@ -329,8 +376,6 @@ class VastEndpoint:
             return SessionGone(text)
         if isinstance(exc, ValueError) and "closed session" in text:
             return SessionGone(text)
-        if isinstance(exc, ConnectionError):
-            return VastError("unavailable", "the session's worker is unreachable")
         error = _classify(exc)
         if error.status in _GONE_STATUSES:
             return SessionGone(text)
