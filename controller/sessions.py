@@ -209,9 +209,11 @@ class SessionPool:
                     )
                 except VastError as exc:
                     self._metrics.session_open_failed(self.scaler, exc.kind)
-                    self._failed("open", exc, first=attempt == 0)
-                    # Vast's rate limits name no Retry-After: back off further than for a blip.
-                    limited = exc.kind == "rate_limited"
+                    # A refused key or a missing endpoint is said by the endpoint, once per change.
+                    self._failed("open", exc, first=attempt == 0 and not exc.fatal)
+                    # Vast's rate limits name no Retry-After, and a refused key needs a person:
+                    # back off further than for a blip.
+                    limited = exc.kind == "rate_limited" or exc.fatal
             await asyncio.sleep(backoff(attempt, **_RATE_LIMITED_BACKOFF) if limited else backoff(attempt))
             attempt += 1
 

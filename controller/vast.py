@@ -19,7 +19,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How old an SDK Endpoint may get before it is fetched anew (the SDK's own refresh starts at 3 days).
 RENEW_SECONDS = 12 * 3600.0
+#: Endpoints fetched within this many seconds of each other share one listing of the account's.
+LISTING_REUSE_SECONDS = 2.0
 #: After a failed fetch, the next waits (jittered, doubling up to the cap): a first fetch retries
 #: soon, a renewal (the old endpoint still works) waits minutes. Never a burst at the web API.
 FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP = 1.0, 60.0
@@ -77,6 +79,10 @@ class VastError(Exception):
 
 class SessionGone(Exception):
     """The worker says the session does not exist any more (ended, expired or released)."""
+
+
+#: Every endpoint of the account by name, listed within the given number of seconds.
+Lookup = Callable[[float], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +185,19 @@ def _classify(exc: BaseException) -> VastError:
 
 
 class VastEndpoint:
-    """One Vast Serverless endpoint, seen through the SDK."""
+    """One Vast Serverless endpoint, seen through the SDK.
 
-    def __init__(self, client: Serverless, name: str, *, clock: Callable[[], float] = time.time):
+    `problem` is the error no retry mends (the API key refused, the endpoint missing) while it
+    lasts: set by a fetch or an open that meets it, cleared by the next that succeeds, and said in
+    the log once per change.
+    """
+
+    def __init__(self, client: Serverless, name: str, *, lookup: Lookup, clock: Callable[[], float] = time.time):
         self._client = client
         self.name = name
+        self._lookup = lookup
         self._clock = clock
+        self.problem: VastError | None = None
         self._endpoint: Any = None
         self._fetched_at = 0.0
         self._failures = 0
@@ -235,14 +248,24 @@ class VastEndpoint:
 
     async def _fetch(self) -> None:
         try:
-            endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), FETCH_TIMEOUT)
-        except asyncio.CancelledError:
+            endpoint = (await self._lookup(LISTING_REUSE_SECONDS)).get(self.name)
+            if endpoint is None:
+                raise VastError("no_endpoint", f"Vast endpoint {self.name!r} does not exist", reason="no_endpoint")
+        except VastError as exc:
+            self._note(exc)
             raise
-        except Exception as exc:
-            if "could not be found" in str(exc):
-                raise VastError("no_endpoint", f"Vast endpoint {self.name!r} does not exist") from None
-            raise _classify(exc) from None
+        self._note(None)
         self._endpoint, self._fetched_at, self._failures, self._retry_at = endpoint, self._clock(), 0, 0.0
+
+    def _note(self, error: VastError | None) -> None:
+        """Keep `problem` up to date with the outcome of a fetch or an open; say each change once."""
+        if error is not None and not error.fatal:
+            return  # a blip says nothing about the key or the endpoint
+        before, self.problem = self.problem, error
+        if error is not None and (before is None or str(before) != str(error)):
+            log.error("Vast refuses this endpoint's calls: %s", error, extra={"endpoint": self.name, "reason": error.reason})
+        elif error is None and before is not None:
+            log.info("Vast accepts this endpoint's calls again", extra={"endpoint": self.name})
 
     def _for_sessions(self) -> Any:
         return self._endpoint if self._endpoint is not None else self._offline
@@ -274,7 +297,10 @@ class VastEndpoint:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            raise _classify(exc) from None
+            error = _classify(exc)
+            self._note(error)  # the autoscaler refusing the endpoint's key
+            raise error from None
+        self._note(None)
         response = result.get("response") if isinstance(result, dict) else None
         if not (result.get("ok") and isinstance(response, dict) and response.get("session_id")):
             status = result.get("status")
@@ -396,7 +422,11 @@ def sdk_client(api_key: str, *, webserver_url: str, autoscaler_url: str, **optio
 
 
 class VastClient:
-    """Owns the SDK client; hands out `VastEndpoint`s by name."""
+    """Owns the SDK client; hands out `VastEndpoint`s by name.
+
+    Vast lists every endpoint of the account in one web API call, and rate-limits that call per
+    key: endpoints fetched together (fifty scalers starting at once) share one listing.
+    """
 
     def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str,
                  clock: Callable[[], float] = time.time):  # fmt: skip
@@ -404,9 +434,33 @@ class VastClient:
             raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
         self._client = sdk_client(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url)
         self._clock = clock
+        self._listing: dict[str, Any] = {}
+        self._listed_at: float | None = None
+        self._listing_lock = asyncio.Lock()
 
     def endpoint(self, name: str) -> VastEndpoint:
-        return VastEndpoint(self._client, name, clock=self._clock)
+        return VastEndpoint(self._client, name, lookup=self.endpoints, clock=self._clock)
+
+    async def endpoints(self, max_age: float = 0.0) -> dict[str, Any]:
+        """Every endpoint of the account by name (SDK Endpoints), listed within `max_age` seconds."""
+        async with self._listing_lock:  # one listing at a time; the others wait and share it
+            if self._listed_at is None or self._clock() - self._listed_at > max_age:
+                try:
+                    endpoints = await asyncio.wait_for(self._client.get_endpoints(), FETCH_TIMEOUT)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise _classify(exc) from None
+                self._listing, self._listed_at = {e.name: e for e in endpoints}, self._clock()
+        return self._listing
+
+    async def preflight(self, names: Iterable[str]) -> None:
+        """Raise the fatal VastError (the key refused, an endpoint missing) that makes starting pointless."""
+        listing = await self.endpoints()
+        missing = sorted(set(names) - set(listing))
+        if missing:
+            which = ", ".join(repr(name) for name in missing)
+            raise VastError("no_endpoint", f"no Vast endpoint named {which} in this account", reason="no_endpoint")
 
     async def close(self) -> None:
         await self._client.close()
