@@ -43,6 +43,10 @@ RENEW_RETRY, RENEW_RETRY_CAP = 60.0, 3600.0
 FETCH_TIMEOUT = 30.0
 #: Beyond the open's own timeout: one route (10 s) and one /session/create (10 s) still under way.
 OPEN_SLACK_SECONDS = 25.0
+#: Connections to session workers at once (keep-alives), and how long an idle one is kept: longer
+#: than the default lease (a renewal finds its worker's connection open), shorter than the 75 s
+#: after which aiohttp servers (the worker library's) drop an idle one.
+WORKER_CONNECTIONS, WORKER_KEEPALIVE_SECONDS = 256, 70.0
 #: The endpoint parameters Vast lists (`get_endpoint`), as the SDK names them.
 PARAMETERS = ("max_workers", "cold_workers", "min_load", "min_cold_load", "target_util", "cold_mult",
               "max_queue_time", "target_queue_time", "inactivity_timeout")  # fmt: skip
@@ -192,10 +196,12 @@ class VastEndpoint:
     the log once per change.
     """
 
-    def __init__(self, client: Serverless, name: str, *, lookup: Lookup, clock: Callable[[], float] = time.time):
+    def __init__(self, client: Serverless, name: str, *, lookup: Lookup, worker_calls: WorkerCalls,
+                 clock: Callable[[], float] = time.time):  # fmt: skip
         self._client = client
         self.name = name
         self._lookup = lookup
+        self._worker_calls = worker_calls
         self._clock = clock
         self.problem: VastError | None = None
         self._endpoint: Any = None
@@ -336,22 +342,21 @@ class VastEndpoint:
         return float(info.expiration)
 
     async def keep_alive(self, record: GrantedSession, timeout: float = 10.0) -> None:
-        """One request inside the session (`/ping`): the worker extends it by one lifetime."""
-        endpoint = self._for_sessions()
-        session = self._sdk_session(endpoint, record)
+        """One request inside the session (`/ping`): the worker extends it by one lifetime.
+
+        What the SDK sends for a request in a session, posted directly (see `WorkerCalls`).
+        """
+        body = {"auth_data": record.auth_data, "session_id": record.session_id, "payload": {}}
         try:
-            result = await asyncio.wait_for(
-                endpoint.request("/ping", {}, session=session, retry=False), timeout
-            )
+            status = await self._worker_calls.post(record.worker_url + "/ping", body, timeout)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             raise self._gone_or_error(exc) from None
-        status = result.get("status") if isinstance(result, dict) else None
         if status in _GONE_STATUSES:
             raise SessionGone(record.session_id)
-        if not (isinstance(result, dict) and result.get("ok")):
-            raise VastError("server_error", f"keep-alive answered HTTP {status}", status)
+        if not 200 <= status < 300:
+            raise _classify(Exception(f"keep-alive answered HTTP {status}"))
 
     async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> bool:
         """End the session on its worker: True if this call ended it, False if it was already gone."""
@@ -421,6 +426,34 @@ def sdk_client(api_key: str, *, webserver_url: str, autoscaler_url: str, **optio
     return client
 
 
+class WorkerCalls:
+    """Plain POSTs to session workers, for the one call made once per session per lease (the
+    keep-alive). Through the SDK each costs a task, a status tracker and its retry machinery:
+    at 10,000 sessions most of the controller's CPU. Connections are kept for longer than a
+    lease, so a worker's next renewal reuses its connection; TLS uses the SDK's context (Vast's
+    root certificate)."""
+
+    def __init__(self, client: Serverless):
+        self._client = client
+        self._http: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def post(self, url: str, body: dict[str, Any], timeout: float) -> int:
+        """POST `body` as JSON; the answer's status (its body is read and dropped)."""
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=WORKER_CONNECTIONS, keepalive_timeout=WORKER_KEEPALIVE_SECONDS,
+                                             ssl=await self._client.get_ssl_context())  # fmt: skip
+            self._http = aiohttp.ClientSession(connector=connector)
+        limit = self._timeouts.setdefault(timeout, aiohttp.ClientTimeout(total=timeout))
+        async with self._http.post(url, json=body, timeout=limit) as response:
+            await response.read()
+            return response.status
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
 class VastClient:
     """Owns the SDK client; hands out `VastEndpoint`s by name.
 
@@ -433,13 +466,14 @@ class VastClient:
         if not api_key:
             raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
         self._client = sdk_client(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url)
+        self._worker_calls = WorkerCalls(self._client)
         self._clock = clock
         self._listing: dict[str, Any] = {}
         self._listed_at: float | None = None
         self._listing_lock = asyncio.Lock()
 
     def endpoint(self, name: str) -> VastEndpoint:
-        return VastEndpoint(self._client, name, lookup=self.endpoints, clock=self._clock)
+        return VastEndpoint(self._client, name, lookup=self.endpoints, worker_calls=self._worker_calls, clock=self._clock)
 
     async def endpoints(self, max_age: float = 0.0) -> dict[str, Any]:
         """Every endpoint of the account by name (SDK Endpoints), listed within `max_age` seconds."""
@@ -463,4 +497,5 @@ class VastClient:
             raise VastError("no_endpoint", f"no Vast endpoint named {which} in this account", reason="no_endpoint")
 
     async def close(self) -> None:
+        await self._worker_calls.close()
         await self._client.close()
