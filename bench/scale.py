@@ -272,7 +272,7 @@ def report(results: list[Result], starved: Result) -> str:
     ])  # fmt: skip
 
 
-STARVED_SHARE = 0.05
+STARVED_SHARE = 0.10
 
 
 async def main(quick: bool) -> int:
