@@ -262,12 +262,12 @@ def report(results: list[Result], starved: Result) -> str:
         "ledger files are compared with the sessions on the emulator's workers at the end.", "",
         *rows, "",
         f"The starved run holds the controller to {STARVED_SHARE:.0%} of one CPU (SIGSTOP/SIGCONT every",
-        "100 ms) from its start: it said it was behind "
-        f"{starved.behind_episodes} time(s) (`renewals are behind`, `vqs_renewals_behind`), stopped opening",
-        f"until renewals caught up, and {starved.expired} session(s) expired or were re-opened for want of a renewal",
-        f"({starved.opened:,} opened for {starved.sessions:,} wanted).", "",
+        "100 ms) from its start. Its pools said they were behind (`renewals are behind`: no opens until",
+        f"renewals catch up) {starved.behind_episodes} time(s); {starved.expired} session(s) expired or were lost,",
+        f"{starved.opened:,} were opened for {starved.sessions:,} wanted.", "",
         *(["Notes:", *notes, ""] if notes else []),
-        f"Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; shared with other work while it ran.",
+        f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other work shares it);",
+        f"Python {sys.version.split()[0]}.",
         "",
     ])  # fmt: skip
 
