@@ -8,7 +8,7 @@ LOCK := constraints.txt
 PIP_INSTALL = $(PY) -m pip install -q --disable-pip-version-check -c $(LOCK)
 PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: test lint demo bench bench-frontier bench-week bench-reaction lock clean
+.PHONY: test lint demo bench bench-frontier bench-week bench-reaction bench-scale lock clean
 
 # One stamp per extra: the demo does not wait for the test tools (Helm, schemas) to install.
 # setuptools comes from the lock too (no build isolation), so the build is as pinned as the rest.
@@ -45,6 +45,10 @@ bench-week: $(VENV)/.installed-demo
 # Real time, real processes: seconds from a queued unit to the session request (about 3 minutes).
 bench-reaction: $(VENV)/.installed-demo
 	$(PY) bench/reaction.py
+
+# The controller at 1,000, 5,000 and 10,000 sessions, and starved of CPU (about 10 minutes).
+bench-scale: $(VENV)/.installed-demo
+	$(PY) bench/scale.py
 
 # Re-resolve every dependency to the newest release pyproject.toml allows; run `make test` after.
 # `make lock LOCK_UPGRADE=` only adds what pyproject.toml newly asks for and keeps every other pin.

@@ -16,6 +16,8 @@ from controller.vast import VastClient, VastError
 
 #: A read that takes longer than this counts as failed (sources have their own, shorter timeouts).
 READ_TIMEOUT_SECONDS = 15.0
+#: Vast refuses the API key or an endpoint does not exist (as `run` exits at start).
+EXIT_REFUSED = 2
 _COLUMNS = ("SCALER", "SOURCE", "ENDPOINT", "WAITING", "IN_FLIGHT", "TOTAL")
 
 
@@ -104,6 +106,14 @@ async def check(config: Config, out: TextIO | None = None, vast: VastClient | No
     unreadable = 0
     if vast is not None:
         names = sorted({s.endpoint for s in config.scalers})
+        try:
+            await vast.preflight(names)
+        except VastError as exc:
+            if exc.fatal:
+                # Nothing can work until someone fixes the key or the endpoint: one line, exit 2.
+                print(f"\nvast: {exc}", file=out)
+                return EXIT_REFUSED
+            # Vast unreachable: each endpoint's line below says so.
         reports = await asyncio.gather(*(endpoint_report(vast, name) for name in names))
         print("", *(line for _, line in reports), sep="\n", file=out)
         unreadable = sum(not readable for readable, _ in reports)

@@ -23,7 +23,8 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 OPEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 450, 600)
 
 DECISION_ACTIONS = ("scale_up", "scale_down", "none")
-CLOSE_REASONS = ("closed", "cancelled", "released", "expired", "shutdown")
+#: lost: the session's worker stopped answering (crashed or gone) until its lease ran out.
+CLOSE_REASONS = ("closed", "cancelled", "released", "expired", "lost", "shutdown")
 KEEPALIVE_RESULTS = ("ok", "gone", "error")
 
 
@@ -97,7 +98,18 @@ class Metrics:
         self.keepalives = counter(
             "vqs_keepalives_total", "Session keep-alives and checks, by result.", "result"
         )
-        self.ledger_writes = counter("vqs_ledger_writes_total", "Session ledger writes.")
+        self.vast_errors = counter(
+            "vqs_vast_errors_total",
+            "Failed Vast calls by operation (open, renew, close, adopt) and cause (timeout, http_503, "
+            "connection_refused, ...); each is retried with backoff.",
+            "op",
+            "reason",
+        )
+        self.renewals_behind = gauge(
+            "vqs_renewals_behind",
+            "1 while renewals are so late that leases are at risk: the scaler opens no session until they catch up.",
+        )
+        self.ledger_writes = counter("vqs_ledger_writes_total", "Session ledger writes (each carries every change since the last).")
         self.adopted = counter("vqs_sessions_adopted_total", "Sessions re-adopted from the ledger at start.")
         self.held_seconds = counter("vqs_session_seconds_total", "Session-seconds held: what the GPUs cost.")
         # What the policy learns (controller/policy_startup.py, policy_wait.py, policy_season.py).
@@ -143,6 +155,7 @@ class Metrics:
                 for value in values:
                     labelled.labels(scaler, value)
             self.paused.labels(scaler)
+            self.renewals_behind.labels(scaler)
         return scaler
 
     def set_leader(self, leading: bool) -> None:
@@ -232,6 +245,12 @@ class Metrics:
 
     def keepalive(self, scaler: str, result: str) -> None:
         self.keepalives.labels(self._scaler(scaler), result).inc()
+
+    def vast_error(self, scaler: str, op: str, reason: str) -> None:
+        self.vast_errors.labels(self._scaler(scaler), op, reason).inc()
+
+    def set_renewals_behind(self, scaler: str, behind: bool) -> None:
+        self.renewals_behind.labels(self._scaler(scaler)).set(1 if behind else 0)
 
     def ledger_written(self, scaler: str) -> None:
         self.ledger_writes.labels(self._scaler(scaler)).inc()

@@ -139,7 +139,7 @@ class ReservationPool:
         """Nothing survives a restart: every reservation died with the old process's connections."""
         return 0
 
-    async def maintain(self, *, callbacks: bool) -> None:
+    async def maintain(self) -> None:
         """Account held reservation-seconds; reservations need no keep-alive."""
         while True:
             await asyncio.sleep(1.0)

@@ -33,6 +33,8 @@ from controller.vast import VastClient, VastEndpoint, VastError
 
 log = logging.getLogger(__name__)
 
+#: The exit status when Vast refuses the API key or an endpoint does not exist (as for a bad config).
+EXIT_REFUSED = 2
 #: SIGTERM to exit: Kubernetes waits 30 s by default; we promise 15.
 SHUTDOWN_BUDGET = 12.0
 #: At the start of a term, endpoint parameters fetched this recently (by the first open) are used.
@@ -195,7 +197,9 @@ class Controller:
             # At start the first open may have just fetched it; on SIGHUP it is read anew.
             params = await scaler.endpoint.parameters(max_age=max_age)
         except VastError as exc:
-            log.warning("cannot read the endpoint's parameters", extra={"scaler": name, "error": str(exc)})
+            self.metrics.vast_error(name, "endpoint", exc.reason)
+            if not exc.fatal:  # a refused key or a missing endpoint the endpoint says itself
+                log.warning("cannot read the endpoint's parameters", extra={"scaler": name, "error": str(exc)})
             return
         found = mismatches(params)
         differ = {m.field for m in found}
@@ -253,17 +257,22 @@ class Controller:
         )
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """A follower is ready; a leader when every scaler read its queue within a few polls."""
+        """A follower is ready; a leader when every scaler read its queue within a few polls and
+        Vast accepts its endpoint's calls (the key is not refused, the endpoint exists)."""
         if not self.elector.is_leader:
             return True, {"role": "follower"}
         now = time.time()
         stale = {
-            name: s.loop.last_read_ok_at
+            name
             for name, s in self.scalers.items()
             if s.loop.last_read_ok_at is None
             or now - s.loop.last_read_ok_at > max(10.0, 5 * s.config.poll_interval)
         }
-        return (bool(self.scalers) and not stale, {"role": "leader", "not_ready": sorted(stale)})
+        refused = {name: str(s.endpoint.problem) for name, s in self.scalers.items() if s.endpoint.problem is not None}
+        details: dict[str, object] = {"role": "leader", "not_ready": sorted(stale | set(refused))}
+        if refused:
+            details["vast"] = refused
+        return (bool(self.scalers) and not stale and not refused, details)
 
     def _released(self, name: str, session_id: str) -> None:
         """A worker reported a closed session: forget it and let its scaler decide at once."""
@@ -313,8 +322,7 @@ class Controller:
         check = asyncio.create_task(self._check_endpoint(scaler, max_age=START_CHECK_MAX_AGE),
                                     name=f"endpoint-check-{scaler.config.name}")  # fmt: skip
         await _adopt(scaler)
-        callbacks = scaler.config.session.callback_url is not None
-        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(callbacks=callbacks), check)
+        await asyncio.gather(scaler.loop.run(), scaler.pool.maintain(), check)
 
     async def _end_term(self, *, release: bool) -> None:
         """Cancel opens; close every session if releasing on shutdown, else leave them leased."""
@@ -365,10 +373,26 @@ async def run(config: Config, reload: Callable[[], Config] | None = None) -> int
         loop.add_signal_handler(sig, stop.set)
     try:
         controller = Controller(config)
+        await _preflight(controller.vast, config)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: controller.reload(reload))
         await controller.run(stop)
+    except VastError as exc:
+        log.error("cannot start: %s", exc, extra={"reason": exc.reason})
+        await controller.vast.close()
+        return EXIT_REFUSED
     except (LedgerError, LeaderError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
     return 0
+
+
+async def _preflight(vast: VastClient, config: Config) -> None:
+    """Refuse to start when Vast refuses the key or an endpoint is missing (a VastError); an
+    unreachable Vast is only a warning: the scalers retry, as they do for any outage."""
+    try:
+        await vast.preflight(sc.endpoint for sc in config.scalers)
+    except VastError as exc:
+        if exc.fatal:
+            raise
+        log.warning("cannot reach Vast to check the key and endpoints; starting anyway", extra={"error": str(exc)})

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from vastai import Serverless
 from vastai.serverless.client.endpoint import Endpoint
 from vastai.serverless.client.request_status import RequestStatus
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How old an SDK Endpoint may get before it is fetched anew (the SDK's own refresh starts at 3 days).
 RENEW_SECONDS = 12 * 3600.0
+#: Endpoints fetched within this many seconds of each other share one listing of the account's.
+LISTING_REUSE_SECONDS = 2.0
 #: After a failed fetch, the next waits (jittered, doubling up to the cap): a first fetch retries
 #: soon, a renewal (the old endpoint still works) waits minutes. Never a burst at the web API.
 FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP = 1.0, 60.0
@@ -39,6 +43,10 @@ RENEW_RETRY, RENEW_RETRY_CAP = 60.0, 3600.0
 FETCH_TIMEOUT = 30.0
 #: Beyond the open's own timeout: one route (10 s) and one /session/create (10 s) still under way.
 OPEN_SLACK_SECONDS = 25.0
+#: Connections to session workers at once (keep-alives), and how long an idle one is kept: longer
+#: than the default lease (a renewal finds its worker's connection open), shorter than the 75 s
+#: after which aiohttp servers (the worker library's) drop an idle one.
+WORKER_CONNECTIONS, WORKER_KEEPALIVE_SECONDS = 256, 70.0
 #: The endpoint parameters Vast lists (`get_endpoint`), as the SDK names them.
 PARAMETERS = ("max_workers", "cold_workers", "min_load", "min_cold_load", "target_util", "cold_mult",
               "max_queue_time", "target_queue_time", "inactivity_timeout")  # fmt: skip
@@ -53,16 +61,32 @@ _GONE_STATUSES = {400, 401, 404, 410}
 
 
 class VastError(Exception):
-    """A Vast call failed; `kind` says how the caller should react."""
+    """A Vast call failed; `kind` says how the caller should react, `reason` names the cause.
 
-    def __init__(self, kind: str, message: str, status: int | None = None):
+    kind: rate_limited | server_error | timeout | rejected | unavailable, or the two that no
+    retry mends: unauthorized (the API key is refused) | no_endpoint (no endpoint of that name).
+    reason: a short label for metrics (timeout, http_503, connection_refused, ...); the message
+    says the same for people, without any secret.
+    """
+
+    def __init__(self, kind: str, message: str, status: int | None = None, reason: str | None = None):
         super().__init__(message)
-        self.kind = kind  # rate_limited | server_error | timeout | rejected | unavailable
+        self.kind = kind
         self.status = status
+        self.reason = reason or (f"http_{status}" if status is not None else kind)
+
+    @property
+    def fatal(self) -> bool:
+        """Wrong credentials or a missing endpoint: retrying changes nothing until someone fixes it."""
+        return self.kind in ("unauthorized", "no_endpoint")
 
 
 class SessionGone(Exception):
     """The worker says the session does not exist any more (ended, expired or released)."""
+
+
+#: Every endpoint of the account by name, listed within the given number of seconds.
+Lookup = Callable[[float], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,29 +139,71 @@ class RerouteTracker(RequestStatus):
             self._rerouted()
 
 
+#: Transport failures by what they mean, most specific first: (exception type, reason, words).
+_TRANSPORT_CAUSES: tuple[tuple[type[BaseException], str, str], ...] = (
+    (ConnectionRefusedError, "connection_refused", "connection refused"),
+    (socket.gaierror, "dns", "host name not resolved"),
+    (ssl.SSLError, "tls", "TLS handshake failed"),
+    (aiohttp.ServerDisconnectedError, "disconnected", "server closed the connection without answering"),
+    (ConnectionResetError, "connection_reset", "connection reset"),
+    (aiohttp.ClientConnectorError, "connect_failed", "cannot connect"),
+    (ConnectionError, "connection_error", "connection failed"),
+    (aiohttp.ClientError, "client_error", "HTTP client error"),
+    (OSError, "os_error", "network error"),
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps: the SDK re-raises plain Exceptions from inside its handlers."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
 def _classify(exc: BaseException) -> VastError:
-    """Turn an SDK exception into a VastError; the SDK only gives us its message text."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return VastError("timeout", "timed out waiting for Vast")
-    text = str(exc)
-    match = _HTTP_STATUS.search(text)
+    """Turn an SDK exception into a VastError that keeps its real cause."""
+    chain = _chain(exc)
+    if any(isinstance(e, (asyncio.TimeoutError, TimeoutError)) for e in chain):
+        return VastError("timeout", "timed out waiting for Vast", reason="timeout")
+    match = _HTTP_STATUS.search(str(exc))
     status = int(match.group(1)) if match else None
     if status == 429:
         return VastError("rate_limited", "Vast answered 429 (too many requests)", status)
+    if status in (401, 403):
+        return VastError("unauthorized", f"Vast refused the API key (HTTP {status}): check VAST_API_KEY", status)
     if status is not None and status >= 500:
         return VastError("server_error", f"Vast answered HTTP {status}", status)
     if status is not None:
         return VastError("rejected", f"Vast answered HTTP {status}", status)
-    return VastError("unavailable", f"Vast unreachable: {type(exc).__name__}")
+    for kind, reason, words in _TRANSPORT_CAUSES:
+        found = next((e for e in chain if isinstance(e, kind)), None)
+        if found is not None:
+            # aiohttp names the host it could not reach (never a URL, so never a key).
+            at = next((e for e in chain if isinstance(getattr(e, "host", None), str)), None)
+            place = f" ({at.host}:{at.port})" if at is not None else ""
+            return VastError("unavailable", f"Vast unreachable: {words}{place}", reason=reason)
+    return VastError("unavailable", f"Vast unreachable: {type(exc).__name__}", reason="other")
 
 
 class VastEndpoint:
-    """One Vast Serverless endpoint, seen through the SDK."""
+    """One Vast Serverless endpoint, seen through the SDK.
 
-    def __init__(self, client: Serverless, name: str, *, clock: Callable[[], float] = time.time):
+    `problem` is the error no retry mends (the API key refused, the endpoint missing) while it
+    lasts: set by a fetch or an open that meets it, cleared by the next that succeeds, and said in
+    the log once per change.
+    """
+
+    def __init__(self, client: Serverless, name: str, *, lookup: Lookup, worker_calls: WorkerCalls,
+                 clock: Callable[[], float] = time.time):  # fmt: skip
         self._client = client
         self.name = name
+        self._lookup = lookup
+        self._worker_calls = worker_calls
         self._clock = clock
+        self.problem: VastError | None = None
         self._endpoint: Any = None
         self._fetched_at = 0.0
         self._failures = 0
@@ -188,14 +254,24 @@ class VastEndpoint:
 
     async def _fetch(self) -> None:
         try:
-            endpoint = await asyncio.wait_for(self._client.get_endpoint(self.name), FETCH_TIMEOUT)
-        except asyncio.CancelledError:
+            endpoint = (await self._lookup(LISTING_REUSE_SECONDS)).get(self.name)
+            if endpoint is None:
+                raise VastError("no_endpoint", f"Vast endpoint {self.name!r} does not exist", reason="no_endpoint")
+        except VastError as exc:
+            self._note(exc)
             raise
-        except Exception as exc:
-            if "could not be found" in str(exc):
-                raise VastError("rejected", f"Vast endpoint {self.name!r} does not exist") from None
-            raise _classify(exc) from None
+        self._note(None)
         self._endpoint, self._fetched_at, self._failures, self._retry_at = endpoint, self._clock(), 0, 0.0
+
+    def _note(self, error: VastError | None) -> None:
+        """Keep `problem` up to date with the outcome of a fetch or an open; say each change once."""
+        if error is not None and not error.fatal:
+            return  # a blip says nothing about the key or the endpoint
+        before, self.problem = self.problem, error
+        if error is not None and (before is None or str(before) != str(error)):
+            log.error("Vast refuses this endpoint's calls: %s", error, extra={"endpoint": self.name, "reason": error.reason})
+        elif error is None and before is not None:
+            log.info("Vast accepts this endpoint's calls again", extra={"endpoint": self.name})
 
     def _for_sessions(self) -> Any:
         return self._endpoint if self._endpoint is not None else self._offline
@@ -227,7 +303,10 @@ class VastEndpoint:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            raise _classify(exc) from None
+            error = _classify(exc)
+            self._note(error)  # the autoscaler refusing the endpoint's key
+            raise error from None
+        self._note(None)
         response = result.get("response") if isinstance(result, dict) else None
         if not (result.get("ok") and isinstance(response, dict) and response.get("session_id")):
             status = result.get("status")
@@ -263,22 +342,21 @@ class VastEndpoint:
         return float(info.expiration)
 
     async def keep_alive(self, record: GrantedSession, timeout: float = 10.0) -> None:
-        """One request inside the session (`/ping`): the worker extends it by one lifetime."""
-        endpoint = self._for_sessions()
-        session = self._sdk_session(endpoint, record)
+        """One request inside the session (`/ping`): the worker extends it by one lifetime.
+
+        What the SDK sends for a request in a session, posted directly (see `WorkerCalls`).
+        """
+        body = {"auth_data": record.auth_data, "session_id": record.session_id, "payload": {}}
         try:
-            result = await asyncio.wait_for(
-                endpoint.request("/ping", {}, session=session, retry=False), timeout
-            )
+            status = await self._worker_calls.post(record.worker_url + "/ping", body, timeout)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             raise self._gone_or_error(exc) from None
-        status = result.get("status") if isinstance(result, dict) else None
         if status in _GONE_STATUSES:
             raise SessionGone(record.session_id)
-        if not (isinstance(result, dict) and result.get("ok")):
-            raise VastError("server_error", f"keep-alive answered HTTP {status}", status)
+        if not 200 <= status < 300:
+            raise _classify(Exception(f"keep-alive answered HTTP {status}"))
 
     async def close_session(self, record: GrantedSession, timeout: float = 10.0) -> bool:
         """End the session on its worker: True if this call ended it, False if it was already gone."""
@@ -329,8 +407,6 @@ class VastEndpoint:
             return SessionGone(text)
         if isinstance(exc, ValueError) and "closed session" in text:
             return SessionGone(text)
-        if isinstance(exc, ConnectionError):
-            return VastError("unavailable", "the session's worker is unreachable")
         error = _classify(exc)
         if error.status in _GONE_STATUSES:
             return SessionGone(text)
@@ -350,18 +426,76 @@ def sdk_client(api_key: str, *, webserver_url: str, autoscaler_url: str, **optio
     return client
 
 
+class WorkerCalls:
+    """Plain POSTs to session workers, for the one call made once per session per lease (the
+    keep-alive). Through the SDK each costs a task, a status tracker and its retry machinery:
+    at 10,000 sessions most of the controller's CPU. Connections are kept for longer than a
+    lease, so a worker's next renewal reuses its connection; TLS uses the SDK's context (Vast's
+    root certificate)."""
+
+    def __init__(self, client: Serverless):
+        self._client = client
+        self._http: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def post(self, url: str, body: dict[str, Any], timeout: float) -> int:
+        """POST `body` as JSON; the answer's status (its body is read and dropped)."""
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=WORKER_CONNECTIONS, keepalive_timeout=WORKER_KEEPALIVE_SECONDS,
+                                             ssl=await self._client.get_ssl_context())  # fmt: skip
+            self._http = aiohttp.ClientSession(connector=connector)
+        limit = self._timeouts.setdefault(timeout, aiohttp.ClientTimeout(total=timeout))
+        async with self._http.post(url, json=body, timeout=limit) as response:
+            await response.read()
+            return response.status
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
 class VastClient:
-    """Owns the SDK client; hands out `VastEndpoint`s by name."""
+    """Owns the SDK client; hands out `VastEndpoint`s by name.
+
+    Vast lists every endpoint of the account in one web API call, and rate-limits that call per
+    key: endpoints fetched together (fifty scalers starting at once) share one listing.
+    """
 
     def __init__(self, api_key: str, *, webserver_url: str, autoscaler_url: str,
                  clock: Callable[[], float] = time.time):  # fmt: skip
         if not api_key:
             raise ValueError("vast.api_key: required (set VAST_API_KEY or vast.api_key_file)")
         self._client = sdk_client(api_key, webserver_url=webserver_url, autoscaler_url=autoscaler_url)
+        self._worker_calls = WorkerCalls(self._client)
         self._clock = clock
+        self._listing: dict[str, Any] = {}
+        self._listed_at: float | None = None
+        self._listing_lock = asyncio.Lock()
 
     def endpoint(self, name: str) -> VastEndpoint:
-        return VastEndpoint(self._client, name, clock=self._clock)
+        return VastEndpoint(self._client, name, lookup=self.endpoints, worker_calls=self._worker_calls, clock=self._clock)
+
+    async def endpoints(self, max_age: float = 0.0) -> dict[str, Any]:
+        """Every endpoint of the account by name (SDK Endpoints), listed within `max_age` seconds."""
+        async with self._listing_lock:  # one listing at a time; the others wait and share it
+            if self._listed_at is None or self._clock() - self._listed_at > max_age:
+                try:
+                    endpoints = await asyncio.wait_for(self._client.get_endpoints(), FETCH_TIMEOUT)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise _classify(exc) from None
+                self._listing, self._listed_at = {e.name: e for e in endpoints}, self._clock()
+        return self._listing
+
+    async def preflight(self, names: Iterable[str]) -> None:
+        """Raise the fatal VastError (the key refused, an endpoint missing) that makes starting pointless."""
+        listing = await self.endpoints()
+        missing = sorted(set(names) - set(listing))
+        if missing:
+            which = ", ".join(repr(name) for name in missing)
+            raise VastError("no_endpoint", f"no Vast endpoint named {which} in this account", reason="no_endpoint")
 
     async def close(self) -> None:
+        await self._worker_calls.close()
         await self._client.close()

@@ -142,13 +142,20 @@ async def test_cli_check_prints_the_table_and_the_endpoints_parameters(tmp_path:
         assert f"{field} is {value} (recommended {RECOMMENDED[field]:g}" in other, other
 
 
-async def test_check_fails_when_an_endpoint_cannot_be_read(queues: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("k", "vast: no Vast endpoint named 'ep-jobs' in this account"),
+        ("wrong", "vast: Vast refused the API key (HTTP 401): check VAST_API_KEY"),
+    ],
+)
+async def test_a_missing_endpoint_or_a_refused_key_is_exit_2_with_one_line(queues, key, said) -> None:
     async with running_emulator(api_key="k") as emu:
-        vast = VastClient("k", webserver_url=emu.url, autoscaler_url=emu.url)
+        vast = VastClient(key, webserver_url=emu.url, autoscaler_url=emu.url)
         out = io.StringIO()
         try:
-            assert await check(config_for(("jobs", redis_source("list=" + queues["list"]))), out=out, vast=vast) == 1
+            assert await check(config_for(("jobs", redis_source("list=" + queues["list"]))), out=out, vast=vast) == 2
         finally:
             await vast.close()
-    assert "endpoint ep-jobs: ERROR: cannot read its parameters: Vast endpoint 'ep-jobs' does not exist" in out.getvalue()
-    assert "1 endpoint unreadable" in out.getvalue()
+    assert out.getvalue().rstrip().splitlines()[-1] == said
+    assert "endpoint ep-jobs:" not in out.getvalue()

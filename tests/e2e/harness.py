@@ -53,12 +53,17 @@ class ControllerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> ControllerProcess:
+        await self.launch()
+        await wait_for(self._healthy, 30, what="controller /healthz")
+        return self
+
+    async def launch(self) -> asyncio.subprocess.Process:
+        """Start the process without waiting for it to serve (it may be meant to exit)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
         with self.log_path.open("ab") as log:
             self.proc = await start_controller(self.config_path, log, env=self.env)
-        await wait_for(self._healthy, 30, what="controller /healthz")
-        return self
+        return self.proc
 
     async def _healthy(self) -> bool:
         if self.proc is not None and self.proc.returncode is not None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-from pathlib import Path
 
 import pytest
 from harness import (
@@ -21,6 +19,8 @@ from harness import (
     wait_for,
 )
 from support import free_port
+
+from controller.ledger import FileLedger
 
 
 async def test_one_message_wakes_the_scaler_and_a_release_ends_its_session(emulator, queue, controllers):
@@ -101,5 +101,4 @@ async def test_sigterm(emulator, queue, controllers, on_shutdown):
     assert code == 0 and seconds < 15
     expected = 0 if on_shutdown == "release" else 2
     assert await count(emulator) == expected
-    ledger = json.loads(next(Path(controller.config["state_dir"]).glob("*.json")).read_text())
-    assert len(ledger["sessions"]) == expected
+    assert len(FileLedger(controller.config["state_dir"], "jobs").load()) == expected

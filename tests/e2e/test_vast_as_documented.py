@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 
 from harness import API_KEY, EMULATOR_TIMINGS, count, metric_is, scaler_config, sessions, wait_for
 
 from controller.emulator.testing import running_emulator
+from controller.ledger import FileLedger
 
 REFUSAL_SECONDS = 60
 MAX_CONCURRENT_OPENS = 4
@@ -37,8 +37,8 @@ async def test_half_the_session_creates_refused_for_a_minute_ends_with_sessions_
     assert work == 8  # 12 units came, 4 finished
     await wait_for(lambda: _sessions_are(emulator, controller, work), 30, what=f"{work} sessions")
     state = await emulator.state()
-    ledger = json.loads((controller.workdir / "state" / "jobs.sessions.json").read_text())
-    assert {s["session_id"] for s in await sessions(emulator)} == {s["session_id"] for s in ledger["sessions"]}, (
+    ledger = FileLedger(controller.workdir / "state", "jobs").load()
+    assert {s["session_id"] for s in await sessions(emulator)} == {r.session_id for r in ledger}, (
         "every session on the workers is the controller's, once")
     per_worker: dict[int, int] = {}
     for session in await sessions(emulator):
