@@ -152,6 +152,7 @@ async def stored(pool: SessionPool, ledger_dir) -> set[str]:
     """What the ledger holds once the next tick has written the changes (closes, renewals)."""
     pool.tick()
     await settle(pool)
+    await pool._ledger.flush()  # the tick's write runs in a thread that settle() does not track
     return {r.session_id for r in FileLedger(ledger_dir, "jobs").load()}
 
 
