@@ -10,18 +10,19 @@ import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from aiohttp import web
 from pydantic import SecretStr
 
+from controller.config import Mode
 from controller.server import BadRequest, json_object, read_body
 
 log = logging.getLogger(__name__)
 
 _Method = Callable[["_AdminAPI", web.Request], Awaitable[web.Response]]
 
-MODES = ("act", "advise")
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 class ScalerControl(Protocol):
@@ -39,7 +40,7 @@ class ScalerControl(Protocol):
     def resume(self, name: str) -> None:
         """Undo pause (idempotent)."""
 
-    def set_mode(self, name: str, mode: str) -> None:
+    def set_mode(self, name: str, mode: Mode) -> None:
         """`act`: apply decisions; `advise`: decide and record only (a dry run)."""
 
     def decisions(self, scaler: str | None) -> list[dict[str, Any]]:

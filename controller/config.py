@@ -34,6 +34,9 @@ MAX_POLL_INTERVAL = 300.0
 MAX_DOLLARS_PER_HOUR = 1_000_000.0
 MAX_COST_UNITS = 1_000_000
 
+#: act: apply decisions; advise: decide and record only (a dry run).
+Mode = Literal["act", "advise"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -103,9 +106,11 @@ class PolicyConfig(_Strict):
     price_per_session_hour: float | None = Field(
         None, gt=0, le=MAX_DOLLARS_PER_HOUR, description="$/hour one session costs; needed with max_cost_per_hour"
     )
-    paused: bool = Field(False, description="freeze the session count")
-    mode: Literal["act", "advise"] = Field(
-        "act", description="act: apply decisions; advise: decide and record only (a dry run)"
+    paused: bool = Field(False, description="freeze the session count (at start and on SIGHUP; the admin API changes it at runtime)")
+    mode: Mode = Field(
+        "act",
+        description="act: apply decisions; advise: decide and record only, a dry run (at start and on SIGHUP; "
+        "the admin API changes it at runtime)",
     )
     buffer_sessions: int = Field(
         0,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from controller.config import PolicyConfig
+from controller.config import Mode, PolicyConfig
 from controller.decisions import DecisionLog, decision_record
 from controller.memory import LearnedStateError, Memory
 from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
@@ -73,6 +73,8 @@ class ScalerLoop:
         decisions: DecisionLog | None = None,
         clock: Callable[[], float] = time.time,
         memory: Memory | None = None,
+        paused: bool = False,
+        mode: Mode = "act",
     ):
         self.name = name
         # One plain source is the common case; the policy sees its depth as is.
@@ -84,7 +86,10 @@ class ScalerLoop:
         self.policy = policy
         self.poll_interval = poll_interval
         self._metrics = metrics
-        metrics.set_paused(name, policy.paused)
+        # The operator's runtime control: the admin API and SIGHUP change it here, never in `policy`.
+        self.paused = paused
+        self.mode: Mode = mode
+        metrics.set_paused(name, paused)
         self._acting = acting or _always
         self._decisions = decisions
         self._clock = clock
@@ -100,6 +105,23 @@ class ScalerLoop:
     def wake(self) -> None:
         """Run the next tick now (a push from the queue, a released session)."""
         self._wake.set()
+
+    def pause(self, paused: bool = True) -> None:
+        """Hold the session count as it is (False: resume); the next tick says so."""
+        self.paused = paused
+        self._metrics.set_paused(self.name, paused)
+        self.wake()
+
+    def set_mode(self, mode: Mode) -> None:
+        """act: apply decisions; advise: decide and record only."""
+        self.mode = mode
+        self.wake()
+
+    def reconfigure(self, policy: PolicyConfig, poll_interval: float) -> None:
+        """An edited policy (SIGHUP): its paused and mode become the runtime control too."""
+        self.policy, self.poll_interval = policy, poll_interval
+        self.mode = policy.mode
+        self.pause(policy.paused)
 
     async def recall(self) -> None:
         """Start from what the policy learned before a restart (or under another leader)."""
@@ -215,7 +237,9 @@ class ScalerLoop:
         # the endpoint's start-up times from them.
         supply = replace(self.pool.supply, startups=self._metrics.take_startups(self.name))
         previous = self.last_decision
-        decision = decide(observation, supply, self.policy, now, self.state, self.poll_interval)
+        decision = decide(
+            observation, supply, self.policy, now, self.state, self.poll_interval, paused=self.paused, act=self.mode == "act"
+        )
         self.state = decision.state
         self.last_decision = decision
         if self._memory is not None and (self._remembered_at is None or now - self._remembered_at >= REMEMBER_EVERY):

@@ -316,11 +316,20 @@ def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
 
 
 def decide(
-    depth: Observation, supply: Supply, config: PolicyConfig, now: float, state: PolicyState, poll: float = 1.0
+    depth: Observation,
+    supply: Supply,
+    config: PolicyConfig,
+    now: float,
+    state: PolicyState,
+    poll: float = 1.0,
+    *,
+    paused: bool = False,
+    act: bool = True,
 ) -> Decision:
     """The decision for one tick; `depth=None` (or every source's depth None) means the read failed.
     `poll`: the longest time until the next reading (the loop's poll_interval): what a reading
-    can miss, which the wait target allows for."""
+    can miss, which the wait target allows for. `paused` and `act` are the operator's runtime
+    control (the loop owns them): paused holds the count, act=False is advise mode."""
     bounds = _bounds(config)
     sources = _sources(depth)
     readable = [s for s in sources if s.depth is not None]
@@ -357,7 +366,7 @@ def decide(
         target = min(max(supply.total, wanted), keep)
         reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config)
         state = PolicyState(window=window, last_ok_at=now, rate=rate, learned=learned)
-    if config.paused:
+    if paused:
         target, reason, (open_, cancel, close) = supply.total, "paused", (0, 0, 0)
     else:
         open_, cancel, close = _actions(target, supply, config)
@@ -372,7 +381,7 @@ def decide(
         close,
         reason,
         state,
-        act=config.mode == "act",
+        act=act,
         close_min_age=config.boot_grace,
         inputs=Inputs(now, summed, () if isinstance(depth, QueueDepth) else sources, supply),
         terms=tuple(terms.items()),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from controller.admin import admin_routes
 from controller.backoff import backoff
 from controller.callbacks import CloseCallbacks
-from controller.config import Config, ScalerConfig
+from controller.config import Config, Mode, ScalerConfig
 from controller.config_load import ConfigError
 from controller.decisions import DecisionLog
 from controller.elector import make_elector
@@ -98,12 +98,14 @@ class Controller:
             sc.name,
             source,
             pool,
-            sc.policy.model_copy(update={"paused": self._paused[sc.name], "mode": self._modes[sc.name]}),
+            sc.policy,
             sc.poll_interval,
             self.metrics,
             acting=self.elector.check,
             decisions=self.decision_log,
             memory=self._make_memory(sc.name) if sc.policy.wait_target is not None else None,
+            paused=self._paused[sc.name],
+            mode=self._modes[sc.name],
         )
         return Scaler(sc, pool, loop, endpoint)
 
@@ -142,19 +144,16 @@ class Controller:
 
     def _set_paused(self, name: str, paused: bool) -> None:
         self._paused[name] = paused
-        self.metrics.set_paused(name, paused)
         scaler = self.scalers.get(name)
         if scaler is not None:
-            scaler.loop.policy = scaler.loop.policy.model_copy(update={"paused": paused})
-            scaler.loop.wake()
+            scaler.loop.pause(paused)
         log.info("scaler paused" if paused else "scaler resumed", extra={"scaler": name})
 
-    def set_mode(self, name: str, mode: str) -> None:
+    def set_mode(self, name: str, mode: Mode) -> None:
         self._modes[name] = mode
         scaler = self.scalers.get(name)
         if scaler is not None:
-            scaler.loop.policy = scaler.loop.policy.model_copy(update={"mode": mode})
-            scaler.loop.wake()
+            scaler.loop.set_mode(mode)
         log.info("scaler mode changed", extra={"scaler": name, "mode": mode})
 
     def decisions(self, scaler: str | None) -> list[dict[str, object]]:
@@ -177,11 +176,9 @@ class Controller:
                             extra={"scaler": sc.name})  # fmt: skip
                 continue
             self._paused[sc.name], self._modes[sc.name] = sc.policy.paused, sc.policy.mode
-            self.metrics.set_paused(sc.name, sc.policy.paused)
             scaler = self.scalers.get(sc.name)
             if scaler is not None:
-                scaler.loop.policy, scaler.loop.poll_interval = sc.policy, sc.poll_interval
-                scaler.loop.wake()
+                scaler.loop.reconfigure(sc.policy, sc.poll_interval)
             log.info("config reloaded", extra={"scaler": sc.name, "mode": sc.policy.mode})
         if set(running) != {sc.name for sc in new.scalers}:
             log.warning("config reload: scalers were added or removed; restart to apply")

@@ -93,8 +93,8 @@ async def test_a_missing_stream_reads_as_zero_and_is_said_once_per_change_or_rep
 
 async def test_advise_mode_decides_and_records_but_never_acts() -> None:
     pool, clock, log = RecordingPool(), Clock(), DecisionLog()
-    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(mode="advise"), 1.0, Metrics(),
-                      decisions=log, clock=clock)  # fmt: skip
+    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(), 1.0, Metrics(),
+                      decisions=log, clock=clock, mode="advise")  # fmt: skip
     for _ in range(30):
         decision = await loop.tick()
         clock.now += 1
@@ -156,3 +156,25 @@ async def test_sources_close_together_so_a_scaler_stops_within_one_close_budget(
     loop = ScalerLoop("s", [NamedSource(s.name, s) for s in sources], RecordingPool(), PolicyConfig(), 1.0, Metrics())
     await loop.close()
     assert [s.closed for s in sources] == [True, True, True]
+
+
+async def test_the_loop_owns_pause_and_mode_and_a_reload_resets_both() -> None:
+    pool, clock, metrics = RecordingPool(), Clock(), Metrics()
+    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(), 1.0, metrics, clock=clock)
+
+    def paused_gauge() -> float | None:
+        return metrics.registry.get_sample_value("vqs_paused", {"scaler": "s"})
+
+    loop.pause()
+    decision = await loop.tick()
+    assert (decision.reason, pool.applied, paused_gauge()) == ("paused", [], 1)
+    loop.pause(False)
+    loop.set_mode("advise")
+    decision = await loop.tick()
+    assert (decision.open, decision.act, pool.applied, paused_gauge()) == (3, False, [], 0)
+
+    loop.reconfigure(PolicyConfig(max_opens_per_tick=2), 5.0)
+    decision = await loop.tick()
+    assert (decision.open, decision.act, loop.poll_interval) == (2, True, 5.0)
+    assert pool.applied == [decision]
+    assert loop.policy == PolicyConfig(max_opens_per_tick=2), "runtime control never rewrites the policy"

@@ -198,13 +198,13 @@ def test_a_lowered_cap_closes_the_excess_without_waiting() -> None:
 
 
 def test_paused_freezes_the_count() -> None:
-    config = policy(paused=True)
+    config = policy()
     for depth, supply in [
         (QueueDepth(50, 0), Supply(1, 1)),
         (QueueDepth(0, 0), Supply(7, 0)),
         (None, Supply(2, 0)),
     ]:
-        decision = decide(depth, supply, config, 0.0, PolicyState())
+        decision = decide(depth, supply, config, 0.0, PolicyState(), paused=True)
         assert (decision.target, decision.open, decision.cancel, decision.close) == (supply.total, 0, 0, 0)
         assert decision.reason == "paused"
 
@@ -241,7 +241,7 @@ def test_decide_is_deterministic() -> None:
 def test_advise_mode_decides_the_same_steps_but_does_not_act() -> None:
     state = PolicyState(window=((0.0, 6),))
     acting = decide(QueueDepth(2, 1), Supply(4, 1), policy(), 5.0, state)
-    advising = decide(QueueDepth(2, 1), Supply(4, 1), policy(mode="advise"), 5.0, state)
+    advising = decide(QueueDepth(2, 1), Supply(4, 1), policy(), 5.0, state, act=False)
     assert acting.act and not advising.act
     assert (advising.target, advising.open, advising.cancel, advising.close, advising.reason) == (
         acting.target, acting.open, acting.cancel, acting.close, acting.reason

@@ -24,7 +24,7 @@ SETTINGS = settings(max_examples=100, deadline=None)
 
 
 @st.composite
-def configs(draw: st.DrawFn, paused: bool = False) -> PolicyConfig:
+def configs(draw: st.DrawFn) -> PolicyConfig:
     max_sessions = draw(st.integers(1, 25))
     budget = draw(st.none() | st.tuples(st.integers(1, 5000), st.integers(1, 1000)))
     return PolicyConfig(
@@ -39,7 +39,6 @@ def configs(draw: st.DrawFn, paused: bool = False) -> PolicyConfig:
         # Cents, so the expected cap is exact integer arithmetic.
         max_cost_per_hour=None if budget is None else budget[0] / 100,
         price_per_session_hour=None if budget is None else budget[1] / 100,
-        paused=paused,
     )
 
 
@@ -97,7 +96,7 @@ def applied(supply: Supply, decision: Decision) -> Supply:
 
 
 def check_decision(
-    decision: Decision, supply: Supply, depth: QueueDepth | None, config: PolicyConfig
+    decision: Decision, supply: Supply, depth: QueueDepth | None, config: PolicyConfig, *, paused: bool = False
 ) -> None:
     """The rules every single decision obeys, whatever the history."""
     lower, upper = caps(config)
@@ -108,7 +107,7 @@ def check_decision(
     assert not (decision.open and (decision.cancel or decision.close)), "opens and closes at once"
     if decision.close:
         assert decision.cancel == supply.opening, "closed an open session while one was still opening"
-    if config.paused:
+    if paused:
         assert (decision.target, decision.open, decision.cancel, decision.close) == (supply.total, 0, 0, 0)
         return
     assert lower <= decision.target <= upper
@@ -232,7 +231,7 @@ def test_a_constant_queue_converges_without_flapping(
 
 @SETTINGS
 @given(
-    config=configs(paused=True),
+    config=configs(),
     depth=reads,
     supply=supplies,
     window=st.lists(st.tuples(st.floats(0, 100), st.integers(0, 30)), max_size=5),
@@ -240,8 +239,8 @@ def test_a_constant_queue_converges_without_flapping(
 def test_paused_never_acts(
     config: PolicyConfig, depth: QueueDepth | None, supply: Supply, window: list[tuple[float, int]]
 ) -> None:
-    decision = decide(depth, supply, config, 50.0, PolicyState(window=tuple(sorted(window))))
-    check_decision(decision, supply, depth, config)
+    decision = decide(depth, supply, config, 50.0, PolicyState(window=tuple(sorted(window))), paused=True)
+    check_decision(decision, supply, depth, config, paused=True)
     assert decision.reason == "paused"
 
 
@@ -272,7 +271,6 @@ def feature_configs(draw: st.DrawFn, **fixed: Any) -> PolicyConfig:
     safety = 0.0 if seconds_per_unit is None else draw(st.sampled_from([0.0, 0.0, 0.5, 1.0]))
     fields = {
         **base,
-        "mode": draw(st.sampled_from(["act", "advise"])),
         "buffer_sessions": draw(st.sampled_from([0, 0, 1, 3])),
         "seconds_per_unit": seconds_per_unit,
         "drain_time": drain_time,
@@ -374,13 +372,13 @@ class Pool:
 
 
 def check_feature_decision(
-    decision: Decision, supply: Supply, observation: Observation, config: PolicyConfig
+    decision: Decision, supply: Supply, observation: Observation, config: PolicyConfig, act: bool
 ) -> None:
-    """The rules every decision obeys with any features on."""
+    """The rules every decision obeys with any features on, in act or advise mode."""
     lower, upper = caps(config)
     after = applied(supply, decision)
     closable = supply.closable(config.boot_grace)
-    assert decision.act == (config.mode == "act")
+    assert decision.act == act
     assert decision.close_min_age == config.boot_grace
     assert min(decision.open, decision.cancel, decision.close) >= 0
     assert decision.open <= config.max_opens_per_tick
@@ -388,9 +386,6 @@ def check_feature_decision(
     assert not (decision.open and (decision.cancel or decision.close)), "opens and closes at once"
     if decision.close:
         assert decision.cancel == supply.opening, "closed an open session while one was still opening"
-    if config.paused:
-        assert (decision.target, decision.open, decision.cancel, decision.close) == (supply.total, 0, 0, 0)
-        return
     assert lower <= decision.target <= upper
     if decision.open or decision.cancel or decision.close:
         assert (
@@ -440,18 +435,19 @@ feature_steps = st.builds(
 @SETTINGS
 @given(
     config=feature_configs(),
+    act=st.booleans(),
     supply=supplies,
     history=st.lists(feature_steps, min_size=1, max_size=40),
 )
 def test_with_any_features_every_decision_obeys_the_rules(
-    config: PolicyConfig, supply: Supply, history: list[FeatureStep]
+    config: PolicyConfig, act: bool, supply: Supply, history: list[FeatureStep]
 ) -> None:
     pool, state, now = Pool(supply), PolicyState(), 1000.0
     _, upper = caps(config)
     for step in history:
         supply = pool.supply(now)
-        decision = decide(step.observation, supply, config, now, state)
-        check_feature_decision(decision, supply, step.observation, config)
+        decision = decide(step.observation, supply, config, now, state, act=act)
+        check_feature_decision(decision, supply, step.observation, config, act)
         assert len(decision.state.window) <= upper + 1
         state = decision.state
         pool.apply(decision, now)
@@ -461,18 +457,17 @@ def test_with_any_features_every_decision_obeys_the_rules(
 
 @SETTINGS
 @given(
-    config=feature_configs(mode="act"),
+    config=feature_configs(),
     supply=supplies,
     history=st.lists(feature_steps, min_size=1, max_size=30),
 )
 def test_advise_mode_never_acts_and_would_do_what_act_mode_does(
     config: PolicyConfig, supply: Supply, history: list[FeatureStep]
 ) -> None:
-    advise = config.model_copy(update={"mode": "advise"})
     pool, state, now = Pool(supply), PolicyState(), 1000.0
     for step in history:
         supply = pool.supply(now)
-        advised = decide(step.observation, supply, advise, now, state)
+        advised = decide(step.observation, supply, config, now, state, act=False)
         acted = decide(step.observation, supply, config, now, state)
         assert not advised.act and acted.act
         assert advised == replace(acted, act=False)
@@ -484,7 +479,7 @@ def test_advise_mode_never_acts_and_would_do_what_act_mode_does(
 
 @SETTINGS
 @given(
-    config=feature_configs(paused=False),
+    config=feature_configs(),
     supply=supplies,
     busy=st.lists(feature_steps, max_size=20),
     idle_ticks=st.lists(st.sampled_from([0.05, 0.5, 1.0, 7.0]), min_size=1, max_size=10),
@@ -559,6 +554,7 @@ def test_weights_and_reserves_respect_the_caps(
 @SETTINGS
 @given(
     config=feature_configs(),
+    act=st.booleans(),
     observation=observations,
     open_ages=st.lists(st.sampled_from([0.0, 0.5, 0.99, 1.0, 4.9, 5.0, 59.0, 61.0, 1e4]), max_size=30),
     opening=st.integers(0, 5),
@@ -566,32 +562,34 @@ def test_weights_and_reserves_respect_the_caps(
 )
 def test_boot_grace_never_closes_a_young_session(
     config: PolicyConfig,
+    act: bool,
     observation: Observation,
     open_ages: list[float],
     opening: int,
     window: list[tuple[float, int]],
 ) -> None:
     supply = Supply(len(open_ages), opening, tuple(open_ages))
-    decision = decide(observation, supply, config, 50.0, PolicyState(window=tuple(sorted(window))))
-    check_feature_decision(decision, supply, observation, config)
+    decision = decide(observation, supply, config, 50.0, PolicyState(window=tuple(sorted(window))), act=act)
+    check_feature_decision(decision, supply, observation, config, act)
     assert decision.close <= sum(age >= config.boot_grace for age in open_ages)
 
 
 @SETTINGS
 @given(
     config=feature_configs(),
+    act=st.booleans(),
     observation=observations.filter(lambda o: o is not None),
     supply=supplies,
     tick=st.sampled_from([0.05, 1.0, 3.0]),
 )
 def test_a_constant_queue_does_not_flap_with_any_features(
-    config: PolicyConfig, observation: Observation, supply: Supply, tick: float
+    config: PolicyConfig, act: bool, observation: Observation, supply: Supply, tick: float
 ) -> None:
     state, now = PolicyState(), 0.0
     directions: set[str] = set()
     for _ in range(int(config.scale_down_delay / tick) + 80):
-        decision = decide(observation, supply, config, now, state)
-        check_feature_decision(decision, supply, observation, config)
+        decision = decide(observation, supply, config, now, state, act=act)
+        check_feature_decision(decision, supply, observation, config, act)
         if decision.act and decision.open:
             directions.add("up")
         if decision.act and (decision.cancel or decision.close):
