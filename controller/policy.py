@@ -66,12 +66,13 @@ Config changes apply at once: a lowered max_sessions or budget closes the excess
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Reversible, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from controller import policy_rate, policy_season, policy_startup, policy_wait
 from controller.config import PolicyConfig
@@ -80,6 +81,8 @@ from controller.policy_season import Profile
 from controller.policy_startup import StartupState
 from controller.policy_wait import WaitState
 from controller.sources import QueueDepth
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -573,3 +576,10 @@ def _explain(total: int, wanted: int, note: str, target: int, supply: Supply, co
     if target == 0:
         return f"idle: {work}{note}"
     return f"steady: {work} -> {sessions}{note}"
+
+
+def close_order(opened: Reversible[K], opened_at: Callable[[K], float], decision: Decision, now: float) -> list[K]:
+    """The sessions `decision` closes: the youngest first (least likely to have started work),
+    none younger than its boot grace. `opened` runs from the oldest to the youngest."""
+    eligible = (key for key in reversed(opened) if now - opened_at(key) >= decision.close_min_age)
+    return list(itertools.islice(eligible, decision.close))

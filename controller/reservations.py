@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from controller.backoff import backoff
-from controller.policy import Decision, Supply
+from controller.policy import Decision, Supply, close_order
 from controller.sessions import PoolMetrics
 from controller.vast import ReservationTracker, VastEndpoint, VastError
 
@@ -72,12 +72,9 @@ class ReservationPool:
             reservation.task = asyncio.create_task(
                 self._hold(token, reservation), name=f"reserve-{self.scaler}-{token}"
             )
-        youngest = list(reversed(self._reservations.items()))
-        waiting = [t for t, r in youngest if not r.held][: decision.cancel]
-        now = self._clock()
-        held = [
-            t for t, r in youngest if r.held and now - (r.held_at or r.requested_at) >= decision.close_min_age
-        ][: decision.close]
+        waiting = [t for t, r in reversed(self._reservations.items()) if not r.held][: decision.cancel]
+        held_at = {t: r.held_at or r.requested_at for t, r in self._reservations.items() if r.held}
+        held = close_order(held_at, held_at.__getitem__, decision, self._clock())
         for token, reason in [*((t, "cancelled") for t in waiting), *((t, "closed") for t in held)]:
             self._end(token, reason)
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from controller.backoff import backoff
 from controller.ledger import GroupCommit, Ledger, LedgerError, SessionRecord
-from controller.policy import Decision, Supply
+from controller.policy import Decision, Supply, close_order
 from controller.vast import GrantedSession, SessionGone, VastEndpoint, VastError
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,7 @@ class SessionPool:
         for token in list(reversed(self._opening))[: decision.cancel]:
             self._opening.pop(token).cancel()
             self._metrics.session_closed(self.scaler, "cancelled")
-        # Youngest first (least likely to have started work), skipping those within boot_grace.
-        now = self._clock()
-        eligible = (sid for sid, r in reversed(self._open.items()) if now - r.opened_at >= decision.close_min_age)
-        for session_id in list(itertools.islice(eligible, decision.close)):
+        for session_id in close_order(self._open, lambda sid: self._open[sid].opened_at, decision, self._clock()):
             self._start_close(session_id, "closed")
 
     async def _open_one(self, token: int) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from pydantic import ValidationError
 
 from controller import policy_rate
 from controller.config import PolicyConfig
-from controller.policy import Decision, PolicyState, SourceDepth, Supply, budget_cap, decide
+from controller.policy import Decision, PolicyState, SourceDepth, Supply, budget_cap, close_order, decide
 from controller.sources import QueueDepth
 
 
@@ -584,3 +585,11 @@ def test_durations_are_accepted_with_units() -> None:
     assert (config.seconds_per_unit, config.lead_time, config.rate_window) == (60, 30, 600)
     assert policy(seconds_per_unit="1m", drain_time="5s").drain_time == 5
     assert (config.max_wait, config.boot_grace, config.estimates_rate) == (120, 90, True)
+
+
+def test_close_order_is_the_youngest_first_past_boot_grace() -> None:
+    opened = {"oldest": 0.0, "old": 40.0, "young": 90.0, "youngest": 99.0}  # oldest to youngest
+    decision = Decision(target=1, open=0, cancel=0, close=2, reason="", state=PolicyState(), close_min_age=5.0)
+    assert close_order(opened, opened.__getitem__, decision, now=100.0) == ["young", "old"]
+    assert close_order(opened, opened.__getitem__, replace(decision, close=9), now=100.0) == ["young", "old", "oldest"]
+    assert close_order(opened, opened.__getitem__, replace(decision, close_min_age=0.0), now=100.0) == ["youngest", "young"]

@@ -27,7 +27,7 @@ from collections import deque
 from typing import Literal
 
 from controller.config import PolicyConfig
-from controller.policy import PolicyState, Supply, decide
+from controller.policy import PolicyState, Supply, close_order, decide
 from controller.simulation.world import Consumer, World
 from controller.sources import QueueDepth
 
@@ -94,8 +94,7 @@ class Ours:
         # old enough to close (boot grace), open.
         world.cancel_youngest(decision.cancel)
         if decision.close:
-            eligible = [s for s, at in reversed(world.granted_at.items()) if now - at >= decision.close_min_age]
-            world.close(eligible[: decision.close])
+            world.close(close_order(world.granted_at, world.granted_at.__getitem__, decision, now))
         world.open(decision.open)
         return self.poll_interval
 
