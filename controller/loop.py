@@ -12,12 +12,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from controller.config import Mode, PolicyConfig
 from controller.decisions import DecisionLog, decision_record
 from controller.memory import LearnedStateError, Memory
-from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
+from controller.policy import Decision, Observation, PolicyState, SourceDepth, decide
+from controller.pool import Actuator
 from controller.sources import QueueDepth, Source, SourceError, WatchableSource
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,6 @@ CLOSE_SECONDS = 2.0
 
 async def _always() -> bool:
     return True
-
-
-class Actuator(Protocol):
-    """What the loop needs of a pool: how many sessions exist, and a way to change that."""
-
-    @property
-    def supply(self) -> Supply: ...
-
-    def apply(self, decision: Decision) -> None: ...
 
 
 @dataclass(frozen=True)

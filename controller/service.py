@@ -25,6 +25,7 @@ from controller.logs import setup_logging
 from controller.loop import NamedSource, ScalerLoop
 from controller.memory import FileMemory, Memory, RedisMemory
 from controller.metrics import Metrics
+from controller.pool import Pool
 from controller.reservations import ReservationPool
 from controller.server import MetricsServer
 from controller.sessions import SessionPool
@@ -39,9 +40,6 @@ EXIT_REFUSED = 2
 SHUTDOWN_BUDGET = 12.0
 #: At the start of a term, endpoint parameters fetched this recently (by the first open) are used.
 START_CHECK_MAX_AGE = 60.0
-
-
-Pool = SessionPool | ReservationPool
 
 
 @dataclass
