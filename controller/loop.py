@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,7 +55,7 @@ class ScalerLoop:
     def __init__(
         self,
         name: str,
-        source: Source | Sequence[NamedSource],
+        sources: Sequence[NamedSource],
         pool: Actuator,
         policy: PolicyConfig,
         poll_interval: float,
@@ -69,11 +69,7 @@ class ScalerLoop:
         mode: Mode = "act",
     ):
         self.name = name
-        # One plain source is the common case; the policy sees its depth as is.
-        self._single = not isinstance(source, Sequence)
-        self.sources: list[NamedSource] = (
-            [NamedSource(name, source)] if not isinstance(source, Sequence) else list(source)
-        )
+        self.sources = list(sources)
         self.pool = pool
         self.policy = policy
         self.poll_interval = poll_interval
@@ -212,15 +208,11 @@ class ScalerLoop:
         started = time.monotonic()
         depths = await asyncio.gather(*(self._read(named) for named in self.sources))
         now = self._clock()
-        observation: Observation
-        if self._single:
-            observation = depth = depths[0]
-        else:
-            observation = [
-                SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths, strict=True)
-            ]
-            # Metrics and /status show the plain sum; a failed read of any queue counts as failed.
-            depth = None if None in depths else _sum(d for d in depths if d is not None)
+        observation: Observation = [
+            SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths, strict=True)
+        ]
+        # Metrics and /status show the plain sum; a failed read of any queue counts as failed.
+        depth = None if None in depths else _sum([d for d in depths if d is not None])
         self._metrics.record_read(self.name, depth, time.monotonic() - started, now)
         if depth is not None:
             self.last_read_ok_at = now
@@ -253,7 +245,9 @@ class ScalerLoop:
         return decision
 
 
-def _sum(depths: Iterable[QueueDepth]) -> QueueDepth:
+def _sum(depths: Sequence[QueueDepth]) -> QueueDepth:
+    if len(depths) == 1:
+        return depths[0]  # as read: its oldest age and a missing stream are kept
     waiting = in_flight = 0
     for depth in depths:
         waiting, in_flight = waiting + depth.waiting, in_flight + depth.in_flight

@@ -5,8 +5,8 @@ very same rules. The rules, in the order they apply:
 
 - **Target.** total = waiting + in_flight; target = ceil(total / work_per_session), clamped to
   [min_sessions, max_sessions].
-- **Sources.** `depth` is one QueueDepth, or one SourceDepth per queue when a scaler serves
-  several. A source's units count `weight` times (total = sum of weight x units); in-flight units
+- **Sources.** `depth` is one SourceDepth per queue of the scaler (`one_queue()` for the common
+  case of one). A source's units count `weight` times (total = sum of weight x units); in-flight units
   always get their sessions, whatever the weights. When some sources fail to read and others do,
   the scaler scales up for what it reads but never down (the missing work is unknown); when all
   fail, the read failed.
@@ -95,8 +95,13 @@ class SourceDepth:
     reserve: int = 0  # sessions of the cap held back for this source's work
 
 
-#: What `decide()` reads: one queue, several, or None when the read failed.
-Observation = QueueDepth | Sequence[SourceDepth] | None
+#: What `decide()` reads: every queue of the scaler (most have one); a depth of None is a failed read.
+Observation = Sequence[SourceDepth]
+
+
+def one_queue(depth: QueueDepth | None) -> tuple[SourceDepth]:
+    """The observation of a scaler with one queue."""
+    return (SourceDepth("", depth),)
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ class PolicyState:
 @dataclass(frozen=True)
 class Inputs:
     """What a decision was made from: the time, the summed depth (None: read failed), each
-    source of a scaler with several, and the supply."""
+    source, and the supply."""
 
     at: float
     depth: QueueDepth | None
@@ -212,10 +217,11 @@ class Decision:
             supply = self.inputs.supply
             entry["t"] = self.inputs.at
             entry["depth"] = _depth_log(self.inputs.depth)
+            # One queue's depth is the depth above; several are listed each.
             entry["sources"] = [
                 {"name": s.name, "weight": s.weight, "reserve": s.reserve, **(_depth_log(s.depth) or {})}
                 for s in self.inputs.sources
-            ]
+            ] if len(self.inputs.sources) > 1 else []
             entry["sessions"] = {"open": supply.open, "opening": supply.opening}
         entry.update(
             target=self.target,
@@ -283,14 +289,6 @@ class _Work:
         return QueueDepth(self.waiting, self.in_flight, self.oldest_age)
 
 
-def _sources(depth: Observation) -> tuple[SourceDepth, ...]:
-    if depth is None:
-        return ()
-    if isinstance(depth, QueueDepth):
-        return (SourceDepth("", depth),)
-    return tuple(depth)
-
-
 def _work(sources: Sequence[SourceDepth], config: PolicyConfig) -> _Work:
     waiting = in_flight = aged = 0
     weighted = weighted_in_flight = Decimal(0)
@@ -334,7 +332,7 @@ def decide(
     can miss, which the wait target allows for. `paused` and `act` are the operator's runtime
     control (the loop owns them): paused holds the count, act=False is advise mode."""
     bounds = _bounds(config)
-    sources = _sources(depth)
+    sources = tuple(depth)
     readable = [s for s in sources if s.depth is not None]
     terms: dict[str, float] = {}
     learned = state.learned
@@ -386,7 +384,7 @@ def decide(
         state,
         act=act,
         close_min_age=config.boot_grace,
-        inputs=Inputs(now, summed, () if isinstance(depth, QueueDepth) else sources, supply),
+        inputs=Inputs(now, summed, sources, supply),
         terms=tuple(terms.items()),
     )
 

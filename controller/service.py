@@ -29,7 +29,7 @@ from controller.pool import Pool
 from controller.reservations import ReservationPool
 from controller.server import MetricsServer
 from controller.sessions import SessionPool
-from controller.sources import Source, from_url
+from controller.sources import from_url
 from controller.vast import VastClient, VastEndpoint, VastError
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,16 @@ class Controller:
         )
 
     def _make_scaler(self, sc: ScalerConfig) -> Scaler:
-        source: Source | list[NamedSource]
         if sc.sources is None:
-            source = from_url(sc.source or "")
+            sources = [NamedSource(sc.name, from_url(sc.source or ""))]
         else:
-            source = [NamedSource(spec.label, from_url(spec.url), spec.weight, spec.reserve) for spec in sc.sources]
+            sources = [NamedSource(spec.label, from_url(spec.url), spec.weight, spec.reserve) for spec in sc.sources]
         endpoint = self.vast.endpoint(sc.endpoint)
         pool = self._make_pool(sc, endpoint)
         self.metrics.watch_supply(sc.name, lambda: pool.supply)
         loop = ScalerLoop(
             sc.name,
-            source,
+            sources,
             pool,
             sc.policy,
             sc.poll_interval,

@@ -28,7 +28,7 @@ from controller.config import PolicyConfig
 from controller.config_load import ConfigError, load_config
 from controller.decisions import DECISIONS_KEPT, DecisionLog, decision_record
 from controller.metrics import Metrics
-from controller.policy import PolicyState, Supply, decide
+from controller.policy import PolicyState, Supply, decide, one_queue
 from controller.server import MAX_BODY, MetricsServer
 from controller.sources import QueueDepth
 
@@ -91,7 +91,7 @@ class FakeControl:
 
 def record(scaler: str, tick: int) -> dict[str, Any]:
     depth = QueueDepth(tick, 1, oldest_age=0.5) if tick % 3 else None
-    decision = decide(depth, Supply(open=2, opening=1), PolicyConfig(), 1_700_000_000.0 + tick, PolicyState())
+    decision = decide(one_queue(depth), Supply(open=2, opening=1), PolicyConfig(), 1_700_000_000.0 + tick, PolicyState())
     return decision_record(scaler, decision, acted=True)
 
 

@@ -60,7 +60,7 @@ async def test_a_missing_stream_reads_as_zero_and_is_said_once_per_change_or_rep
 ) -> None:
     missing = "stream 'jobs' does not exist"
     source, pool, clock, metrics = ScriptedSource(QueueDepth(0, 0, missing=missing)), RecordingPool(), Clock(), Metrics()
-    loop = ScalerLoop("s", source, pool, PolicyConfig(), 1.0, metrics, clock=clock)
+    loop = ScalerLoop("s", [NamedSource("s", source)], pool, PolicyConfig(), 1.0, metrics, clock=clock)
 
     def warnings() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -93,7 +93,7 @@ async def test_a_missing_stream_reads_as_zero_and_is_said_once_per_change_or_rep
 
 async def test_advise_mode_decides_and_records_but_never_acts() -> None:
     pool, clock, log = RecordingPool(), Clock(), DecisionLog()
-    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(), 1.0, Metrics(),
+    loop = ScalerLoop("s", [NamedSource("s", ScriptedSource(QueueDepth(3, 0)))], pool, PolicyConfig(), 1.0, Metrics(),
                       decisions=log, clock=clock, mode="advise")  # fmt: skip
     for _ in range(30):
         decision = await loop.tick()
@@ -110,7 +110,7 @@ async def test_a_replica_that_fails_its_fencing_check_does_not_act() -> None:
     async def deposed() -> bool:
         return False
 
-    loop = ScalerLoop("s", ScriptedSource(QueueDepth(2, 0)), pool, PolicyConfig(), 1.0, Metrics(), acting=deposed)
+    loop = ScalerLoop("s", [NamedSource("s", ScriptedSource(QueueDepth(2, 0)))], pool, PolicyConfig(), 1.0, Metrics(), acting=deposed)
     decision = await loop.tick()
     assert decision.open == 2 and pool.applied == []
 
@@ -119,7 +119,7 @@ async def test_a_failed_read_holds_the_sessions_then_falls_back_after_error_hold
     pool, clock = RecordingPool(open_=3), Clock()
     source = ScriptedSource(QueueDepth(3, 0))
     policy = PolicyConfig(error_hold=60, fallback_sessions=1)
-    loop = ScalerLoop("s", source, pool, policy, 1.0, Metrics(), clock=clock)
+    loop = ScalerLoop("s", [NamedSource("s", source)], pool, policy, 1.0, Metrics(), clock=clock)
     await loop.tick()
     source.next = None
     for _ in range(59):
@@ -160,7 +160,7 @@ async def test_sources_close_together_so_a_scaler_stops_within_one_close_budget(
 
 async def test_the_loop_owns_pause_and_mode_and_a_reload_resets_both() -> None:
     pool, clock, metrics = RecordingPool(), Clock(), Metrics()
-    loop = ScalerLoop("s", ScriptedSource(QueueDepth(3, 0)), pool, PolicyConfig(), 1.0, metrics, clock=clock)
+    loop = ScalerLoop("s", [NamedSource("s", ScriptedSource(QueueDepth(3, 0)))], pool, PolicyConfig(), 1.0, metrics, clock=clock)
 
     def paused_gauge() -> float | None:
         return metrics.registry.get_sample_value("vqs_paused", {"scaler": "s"})

@@ -10,7 +10,7 @@ import pytest
 
 from controller.config import PolicyConfig
 from controller.decisions import DecisionLog
-from controller.loop import ScalerLoop
+from controller.loop import NamedSource, ScalerLoop
 from controller.memory import FileMemory, LearnedStateError, RedisMemory
 from controller.metrics import Metrics
 from controller.policy import Decision, Learned, Supply
@@ -52,7 +52,7 @@ class Pool:
 
 def scaler(memory: object, clock: list[float]) -> ScalerLoop:
     config = PolicyConfig(max_sessions=30, wait_target="p95 10s", forecast_period=PERIOD)
-    return ScalerLoop("batches", Batches(clock), Pool(), config, 1.0, Metrics(), decisions=DecisionLog(),
+    return ScalerLoop("batches", [NamedSource("batches", Batches(clock))], Pool(), config, 1.0, Metrics(), decisions=DecisionLog(),
                       clock=lambda: clock[0], memory=memory)  # type: ignore[arg-type]  # fmt: skip
 
 

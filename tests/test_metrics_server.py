@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller import __version__
 from controller.config import PolicyConfig
 from controller.metrics import Metrics
-from controller.policy import Decision, PolicyState, Supply, decide
+from controller.policy import Decision, PolicyState, Supply, decide, one_queue
 from controller.server import MetricsServer
 from controller.sources import QueueDepth
 
@@ -135,8 +135,8 @@ async def test_measured_startups_reach_the_policy_and_what_it_learns_is_exported
     startups = metrics.take_startups("alpha")
     assert startups == (0.2, 31.0, 29.0, 190.0) and metrics.take_startups("alpha") == ()
     config = PolicyConfig(max_sessions=10, wait_target="p95 10s")
-    made = decide(QueueDepth(2, 1), Supply(1, 0, startups=startups), config, 0.0, PolicyState())
-    made = decide(QueueDepth(1, 3), Supply(3, 0), config, 1.0, made.state)
+    made = decide(one_queue(QueueDepth(2, 1)), Supply(1, 0, startups=startups), config, 0.0, PolicyState())
+    made = decide(one_queue(QueueDepth(1, 3)), Supply(3, 0), config, 1.0, made.state)
     metrics.record_decision("alpha", made)
     s = await scrape(base)
     learned = made.state.learned

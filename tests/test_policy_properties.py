@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.config import PolicyConfig
-from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide
+from controller.policy import Decision, Observation, PolicyState, SourceDepth, Supply, decide, one_queue
 from controller.sources import QueueDepth
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -147,7 +147,7 @@ def test_every_decision_in_any_history_obeys_the_rules(
     failing_since: float | None = None
     targets: list[tuple[float, int]] = []  # (time, target the spec wants) for the delay window
     for step in history:
-        decision = decide(step.depth, supply, config, now, state)
+        decision = decide(one_queue(step.depth), supply, config, now, state)
         check_decision(decision, supply, step.depth, config)
         after = applied(supply, decision)
         if step.depth is None:
@@ -182,13 +182,13 @@ def test_an_outage_holds_for_error_hold_then_falls_back(
 ) -> None:
     state, now = PolicyState(), 100.0
     for depth in good_reads:
-        decision = decide(depth, supply, config, now, state)
+        decision = decide(one_queue(depth), supply, config, now, state)
         state, supply = decision.state, Supply(applied(supply, decision).total, 0)
         now += 1.0
     # error_hold counts from the last good read, or from the first failure without one.
     since = now - 1.0 if good_reads else now
     for gap in outage:
-        decision = decide(None, supply, config, now, state)
+        decision = decide(one_queue(None), supply, config, now, state)
         check_decision(decision, supply, None, config)
         check_failed_read(decision, supply, config, now - since)
         state, supply = decision.state, Supply(applied(supply, decision).total, 0)
@@ -210,7 +210,7 @@ def test_a_constant_queue_converges_without_flapping(
     converged_at = None
     ticks = int(config.scale_down_delay / tick) + 60 // config.max_opens_per_tick + 10
     for index in range(ticks + 50):
-        decision = decide(depth, supply, config, now, state)
+        decision = decide(one_queue(depth), supply, config, now, state)
         check_decision(decision, supply, depth, config)
         if decision.open:
             directions.add("up")
@@ -239,7 +239,7 @@ def test_a_constant_queue_converges_without_flapping(
 def test_paused_never_acts(
     config: PolicyConfig, depth: QueueDepth | None, supply: Supply, window: list[tuple[float, int]]
 ) -> None:
-    decision = decide(depth, supply, config, 50.0, PolicyState(window=tuple(sorted(window))), paused=True)
+    decision = decide(one_queue(depth), supply, config, 50.0, PolicyState(window=tuple(sorted(window))), paused=True)
     check_decision(decision, supply, depth, config, paused=True)
     assert decision.reason == "paused"
 
@@ -249,7 +249,7 @@ def test_paused_never_acts(
 def test_at_zero_work_at_or_above_activation_wakes_the_scaler(
     config: PolicyConfig, depth: QueueDepth
 ) -> None:
-    decision = decide(depth, Supply(0, 0), config, 0.0, PolicyState())
+    decision = decide(one_queue(depth), Supply(0, 0), config, 0.0, PolicyState())
     check_decision(decision, Supply(0, 0), depth, config)
     assert decision.target == within(config, work_sessions(config, depth, Supply(0, 0)))
     assert decision.open == min(decision.target, config.max_opens_per_tick)
@@ -293,21 +293,15 @@ source_lists = st.lists(
     min_size=1,
     max_size=4,
 )
-observations = st.none() | aged_depths | source_lists
+observations = source_lists | (st.none() | aged_depths).map(one_queue)
 
 
 def readable(observation: Observation) -> list[SourceDepth]:
-    if observation is None:
-        return []
-    if isinstance(observation, QueueDepth):
-        return [SourceDepth("", observation)]
     return [s for s in observation if s.depth is not None]
 
 
 def partial(observation: Observation) -> bool:
-    return not isinstance(observation, QueueDepth) and observation is not None and any(
-        s.depth is None for s in observation
-    ) and bool(readable(observation))
+    return any(s.depth is None for s in observation) and bool(readable(observation))
 
 
 def units(sources: Sequence[SourceDepth], part: str = "total") -> int:
@@ -497,12 +491,12 @@ def test_after_scale_down_delay_without_work_the_buffer_and_prewarming_are_gone(
     # The queue empties for good; the scaler ticks through the delay and past it.
     idle_since = now
     for gap in [*idle_ticks, config.scale_down_delay]:
-        decision = decide(QueueDepth(0, 0), pool.supply(now), config, now, state)
+        decision = decide(one_queue(QueueDepth(0, 0)), pool.supply(now), config, now, state)
         state = decision.state
         pool.apply(decision, now)
         now += gap
         pool.settle(now, 0, 0)
-    decision = decide(QueueDepth(0, 0), pool.supply(now), config, now, state)
+    decision = decide(one_queue(QueueDepth(0, 0)), pool.supply(now), config, now, state)
     assert now - idle_since >= config.scale_down_delay
     assert decision.target == within(config, 0), "idle, yet more than min_sessions wanted"
     assert dict(decision.terms) == {"work": 0}
@@ -519,7 +513,7 @@ def test_the_buffer_adds_exactly_its_sessions_while_there_is_work(
 ) -> None:
     with_buffer = config.model_copy(update={"buffer_sessions": buffer})
     need = work_sessions(config, depth, Supply(0, 0))
-    decision = decide(depth, Supply(0, 0), with_buffer, 0.0, PolicyState())
+    decision = decide(one_queue(depth), Supply(0, 0), with_buffer, 0.0, PolicyState())
     assert decision.target == within(config, need + buffer if need else 0)
 
 
@@ -666,11 +660,11 @@ def test_a_lone_unit_never_asks_for_a_second_session(
     seconds_per_unit: float, rate_window: float, tick: float, queued_for: int
 ) -> None:
     config = PolicyConfig(seconds_per_unit=seconds_per_unit, rate_window=rate_window)
-    state, now = decide(QueueDepth(0, 0), Supply(0, 0), config, 0.0, PolicyState()).state, 0.0
+    state, now = decide(one_queue(QueueDepth(0, 0)), Supply(0, 0), config, 0.0, PolicyState()).state, 0.0
     # The unit waits a few ticks, then runs (the estimate peaks early: 200 reads of its run).
     reads = [QueueDepth(1, 0)] * queued_for + [QueueDepth(0, 1)] * min(200, int(seconds_per_unit / tick) + 1)
     for depth in reads:
         now += tick
-        decision = decide(depth, Supply(0, 1) if depth.waiting else Supply(1, 0), config, now, state)
+        decision = decide(one_queue(depth), Supply(0, 1) if depth.waiting else Supply(1, 0), config, now, state)
         state = decision.state
         assert decision.target <= 1, f"{decision.target} sessions for one unit at t={now:g}"

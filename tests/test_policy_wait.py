@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from controller import policy_season, policy_wait
 from controller.config import PolicyConfig, WaitTarget
-from controller.policy import Learned, PolicyState, Supply, decide
+from controller.policy import Learned, PolicyState, Supply, decide, one_queue
 from controller.policy_startup import StartupState, observe
 from controller.policy_wait import WaitState
 from controller.sources import QueueDepth
@@ -209,8 +209,8 @@ def test_the_learned_state_survives_json() -> None:
 
 def test_without_a_wait_target_startups_are_measured_but_decide_the_same() -> None:
     config = PolicyConfig(max_sessions=10)
-    plain = decide(QueueDepth(3, 0), Supply(0, 0), config, 0.0, PolicyState())
-    measured = decide(QueueDepth(3, 0), Supply(0, 0, startups=(31.0,)), config, 0.0, PolicyState())
+    plain = decide(one_queue(QueueDepth(3, 0)), Supply(0, 0), config, 0.0, PolicyState())
+    measured = decide(one_queue(QueueDepth(3, 0)), Supply(0, 0, startups=(31.0,)), config, 0.0, PolicyState())
     assert (plain.target, plain.open, plain.reason) == (measured.target, measured.open, measured.reason)
     assert measured.state.learned.startup.measured == 1 and plain.state.learned == Learned()
 
@@ -222,12 +222,12 @@ def test_late_units_buy_spares_and_none_are_kept_once_the_stream_stops() -> None
         arrivals = range(max(0, second - 40) // 5 * 5, second + 1, 5)
         waiting = sum(a <= second < a + 15 for a in arrivals)
         in_flight = sum(a + 15 <= second < a + 37 for a in arrivals)
-        decision = decide(QueueDepth(waiting, in_flight), Supply(waiting + in_flight, 0), config, float(second), state)
+        decision = decide(one_queue(QueueDepth(waiting, in_flight)), Supply(waiting + in_flight, 0), config, float(second), state)
         state = decision.state
     assert state.learned.wait is not None and state.learned.wait.late_share > 0.5
     assert dict(decision.terms)["spares"] >= 1 and decision.target > waiting + in_flight
     for second in range(3600, 3600 + 4 * 3600, 10):
-        decision = decide(QueueDepth(0, 0), Supply(0, 0), config, float(second), state)
+        decision = decide(one_queue(QueueDepth(0, 0)), Supply(0, 0), config, float(second), state)
         state = decision.state
     assert decision.target == 0
 
@@ -260,7 +260,7 @@ def test_a_wait_target_never_breaks_the_caps_and_never_strands_work(
     upper = min(max_sessions, budget or max_sessions)
     state, supply = PolicyState(), Supply(0, 0)
     for at, waiting, in_flight in history:
-        decision = decide(QueueDepth(waiting, in_flight), supply, config, at, state)
+        decision = decide(one_queue(QueueDepth(waiting, in_flight)), supply, config, at, state)
         state = decision.state
         assert 0 <= decision.target <= upper
         assert decision.target >= min(upper, waiting + in_flight, supply.total)  # never below the work it has
@@ -288,7 +288,7 @@ def test_a_forecast_whose_pattern_stops_stops_costing_within_one_period() -> Non
         for second in range(int(start), int(end)):
             since = second % period - batch_at
             in_flight = 12 if batches and 0 <= since < 20 else 0
-            decision = decide(QueueDepth(0, in_flight), Supply(sessions, 0), config, float(second), state)
+            decision = decide(one_queue(QueueDepth(0, in_flight)), Supply(sessions, 0), config, float(second), state)
             state, sessions = decision.state, decision.target
             forecast_sessions.append(int(dict(decision.terms).get("ahead", 0)))
         return forecast_sessions

@@ -27,7 +27,7 @@ from collections import deque
 from typing import Literal
 
 from controller.config import PolicyConfig
-from controller.policy import PolicyState, Supply, close_order, decide
+from controller.policy import PolicyState, Supply, close_order, decide, one_queue
 from controller.simulation.world import Consumer, World
 from controller.sources import QueueDepth
 
@@ -70,8 +70,8 @@ class Ours:
             # taken (the world has moved on since): this reading decides again.
             in_flight, open_, opening = self._seen  # type: ignore[misc]
             before = now - self.poll_interval
-            self.state = decide(QueueDepth(0, in_flight), Supply(open_, opening), self.config, before, self.state,
-                                self.poll_interval).state  # fmt: skip
+            quiet = one_queue(QueueDepth(0, in_flight))
+            self.state = decide(quiet, Supply(open_, opening), self.config, before, self.state, self.poll_interval).state
             self._put_off = False
         oldest = now - world.trace.arrivals[world.queue[0]] if world.queue else None
         depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
@@ -80,7 +80,7 @@ class Ours:
         startups = tuple(world.startups)
         world.startups.clear()
         supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages, startups=startups)
-        decision = decide(depth, supply, self.config, now, self.state, self.poll_interval)
+        decision = decide(one_queue(depth), supply, self.config, now, self.state, self.poll_interval)
         self.state = decision.state
         acts = decision.act and bool(decision.open or decision.cancel or decision.close)
         self._seen = None if acts or world.waiting else seen
