@@ -28,7 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.child import start_controller
-from controller.emulator.testing import running_emulator
+from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
 
 HERE = Path(__file__).resolve().parent
 STREAM, GROUP = "reaction:jobs", "workers"
@@ -73,7 +73,7 @@ async def measure(push: bool, samples: int, poll_interval: float, workdir: Path)
     try:
         await until(lambda: _pings(client), 10)
         await client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        async with running_emulator(cold_start_seconds=0.2, inactivity_timeout=60) as emulator:
+        async with running_emulator(**RECOMMENDED_ENDPOINT, cold_start_seconds=0.2) as emulator:
             metrics_port = free_port()
             config = {
                 "vast": {"api_key": emulator.api_key, "url": emulator.url},
