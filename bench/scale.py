@@ -32,9 +32,9 @@ from pathlib import Path
 import aiohttp
 import redis
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.child import clean_environment, start_controller
+from controller.demo.observe import Samples, metric_samples
 from controller.ledger import FileLedger
 
 HERE = Path(__file__).resolve().parent
@@ -110,14 +110,9 @@ class Throttle:
             self._task.cancel()
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
     async with http.get(url + "/metrics") as response:
-        text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        return metric_samples(await response.text())
 
 
 def total(metrics: dict, name: str, **labels: str) -> float:

@@ -41,7 +41,7 @@ async def _always() -> bool:
 
 @dataclass(frozen=True)
 class NamedSource:
-    """One queue of a scaler with several, and how much its work counts."""
+    """One queue of a scaler, and how much its work counts (a scaler with one queue has one)."""
 
     name: str
     source: Source

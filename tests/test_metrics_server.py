@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller import __version__
 from controller.config import PolicyConfig
+from controller.demo.observe import Samples, metric_samples
 from controller.metrics import Metrics
 from controller.policy import Decision, PolicyState, Supply, decide, one_queue
 from controller.server import MetricsServer
@@ -50,17 +50,12 @@ async def served() -> AsyncIterator[tuple[Metrics, MetricsServer, Ready, str]]:
         await server.stop()
 
 
-async def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(base: str) -> Samples:
     """GET /metrics and parse it with prometheus_client's parser: {(sample, labels): value}."""
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.get(f"{base}/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=")
-        text = await response.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+        return metric_samples(await response.text())
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

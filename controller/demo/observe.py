@@ -21,6 +21,19 @@ class ObserveError(Exception):
     """A part of the system did not answer; the message names which."""
 
 
+#: A /metrics page's samples: (name, sorted labels) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a /metrics page, parsed by prometheus_client's own parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def parse_metrics(text: str, scaler: str) -> dict[str, float]:
     """The `scaler`'s samples (and unlabelled ones) from a /metrics page: name -> value."""
     values: dict[str, float] = {}

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, free_port
 
 from controller.child import start_controller
+from controller.demo.observe import Samples, metric_samples
 from controller.emulator.testing import RECOMMENDED_ENDPOINT, RunningEmulator
 
 #: The endpoint as a user sets it up, and fast worker timings: the tests are about the controller,
@@ -79,14 +79,10 @@ class ControllerProcess:
             async with http.get(self.url + path) as response:
                 return response.status, await response.text()
 
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async def metrics(self) -> Samples:
         """Every sample of /metrics: (name, sorted labels) -> value."""
         _, text = await self.get("/metrics")
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        return metric_samples(text)
 
     async def metric(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent)."""
