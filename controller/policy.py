@@ -327,7 +327,7 @@ def decide(
     paused: bool = False,
     act: bool = True,
 ) -> Decision:
-    """The decision for one tick; `depth=None` (or every source's depth None) means the read failed.
+    """The decision for one tick; a source whose depth is None failed to read (all of them: the read failed).
     `poll`: the longest time until the next reading (the loop's poll_interval): what a reading
     can miss, which the wait target allows for. `paused` and `act` are the operator's runtime
     control (the loop owns them): paused holds the count, act=False is advise mode."""
