@@ -6,49 +6,13 @@ import asyncio
 import logging
 
 import pytest
+from fakes import Clock, RecordingPool, ScriptedSource
 
 from controller.config import PolicyConfig
 from controller.decisions import DecisionLog
 from controller.loop import MISSING_REPEAT_SECONDS, NamedSource, ScalerLoop
 from controller.metrics import Metrics
-from controller.policy import Decision, Supply
-from controller.sources import QueueDepth, SourceError
-
-
-class ScriptedSource:
-    display_url = "redis://127.0.0.1:6379/0?stream=jobs&group=workers"
-
-    def __init__(self, depth: QueueDepth | None):
-        self.next = depth  # None: the read fails
-
-    async def depth(self) -> QueueDepth:
-        if self.next is None:
-            raise SourceError(f"{self.display_url}: no answer within 5s")
-        return self.next
-
-    async def close(self) -> None:
-        pass
-
-
-class RecordingPool:
-    def __init__(self, open_: int = 0) -> None:
-        self.applied: list[Decision] = []
-        self.open = open_
-
-    @property
-    def supply(self) -> Supply:
-        return Supply(open=self.open, opening=0, ages=(1000.0,) * self.open)
-
-    def apply(self, decision: Decision) -> None:
-        self.applied.append(decision)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from controller.sources import QueueDepth
 
 
 def missing_gauge(metrics: Metrics) -> float | None:
