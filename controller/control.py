@@ -2,7 +2,8 @@
 status, pause and resume, act or advise, the recent decisions, and the reload of edited policies.
 
 Pause and mode outlive a leadership term: a follower keeps them for when it leads, each term's
-loops start from them, and a change reaches the running loop at once.
+loops start from them, and a change reaches the running loop at once. `vqs_paused` says them on
+every replica, leader or not.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from controller.config_load import ConfigError
 from controller.decisions import DecisionLog
 from controller.endpoint_check import EndpointCheck
 from controller.loop import ScalerLoop
+from controller.metrics import Metrics
 from controller.terms import Terms
 
 log = logging.getLogger(__name__)
@@ -23,13 +25,16 @@ log = logging.getLogger(__name__)
 class Control:
     """What the admin API calls (`admin.ScalerControl`), and the SIGHUP reload."""
 
-    def __init__(self, config: Config, terms: Terms, decisions: DecisionLog, endpoints: EndpointCheck):
+    def __init__(self, config: Config, terms: Terms, metrics: Metrics, decisions: DecisionLog, endpoints: EndpointCheck):
         self._config = config
         self._terms = terms
+        self._metrics = metrics
         self._decisions = decisions
         self._endpoints = endpoints
-        self._paused = {sc.name: sc.policy.paused for sc in config.scalers}
+        self._paused: dict[str, bool] = {}
         self._modes = {sc.name: sc.policy.mode for sc in config.scalers}
+        for sc in config.scalers:
+            self._note_paused(sc.name, sc.policy.paused)
 
     def paused(self, name: str) -> bool:
         return self._paused[name]
@@ -94,7 +99,8 @@ class Control:
                 log.warning("config reload: this scaler's source, endpoint or session changed; restart to apply",
                             extra={"scaler": sc.name})  # fmt: skip
                 continue
-            self._paused[sc.name], self._modes[sc.name] = sc.policy.paused, sc.policy.mode
+            self._note_paused(sc.name, sc.policy.paused)
+            self._modes[sc.name] = sc.policy.mode
             loop = self._loop(sc.name)
             if loop is not None:
                 loop.reconfigure(sc.policy, sc.poll_interval)
@@ -105,11 +111,15 @@ class Control:
         self._endpoints.recheck(self._terms.scalers.values())
 
     def _set_paused(self, name: str, paused: bool) -> None:
-        self._paused[name] = paused
+        self._note_paused(name, paused)
         loop = self._loop(name)
         if loop is not None:
             loop.pause(paused)
         log.info("scaler paused" if paused else "scaler resumed", extra={"scaler": name})
+
+    def _note_paused(self, name: str, paused: bool) -> None:
+        self._paused[name] = paused
+        self._metrics.set_paused(name, paused)
 
     def _loop(self, name: str) -> ScalerLoop | None:
         """The scaler's running loop; None while following (the next term starts from the change)."""

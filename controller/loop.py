@@ -74,10 +74,10 @@ class ScalerLoop:
         self.policy = policy
         self.poll_interval = poll_interval
         self._metrics = metrics
-        # The operator's runtime control: the admin API and SIGHUP change it here, never in `policy`.
+        # The operator's runtime control: the admin API and SIGHUP change it here, never in `policy`
+        # (`control.py` keeps it across leadership terms and says it in `vqs_paused`).
         self.paused = paused
         self.mode: Mode = mode
-        metrics.set_paused(name, paused)
         self._acting = acting or _always
         self._decisions = decisions
         self._clock = clock
@@ -97,7 +97,6 @@ class ScalerLoop:
     def pause(self, paused: bool = True) -> None:
         """Hold the session count as it is (False: resume); the next tick says so."""
         self.paused = paused
-        self._metrics.set_paused(self.name, paused)
         self.wake()
 
     def set_mode(self, mode: Mode) -> None:

@@ -52,7 +52,7 @@ class Controller:
         self.terms = Terms(config.scalers, elector, metrics, endpoints, self._build)
         callbacks = CloseCallbacks(self.terms.released)
         self._builder = ScalerBuilder(config, self.vast, metrics, callbacks, acting=elector.check, decisions=decisions)
-        self.control = Control(config, self.terms, decisions, endpoints)
+        self.control = Control(config, self.terms, metrics, decisions, endpoints)
         self.server = MetricsServer(
             metrics,
             config.metrics_host,
