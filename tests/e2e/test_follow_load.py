@@ -66,9 +66,10 @@ async def test_sessions_follow_the_work_and_return_to_zero(queue, controllers):
         config = scaler_config(emulator, queue.source_url, callback_url=f"http://127.0.0.1:{port}")
         config["scalers"][0]["poll_interval"] = POLL
         config["scalers"][0]["policy"]["scale_down_delay"] = 0
-        # A fresh worker's consumer waits for Vast to have seen it ready (READY_SETTLE_SECONDS), so
-        # at the peak more units wait than the endpoint's 20 workers: no policy cap below the work.
-        config["scalers"][0]["policy"]["max_sessions"] = 40
+        # A fresh worker's consumer waits for Vast to have seen it ready (READY_SETTLE_SECONDS), and a
+        # busy machine slows every consumer, so at the peak more units can wait than the endpoint's
+        # 20 workers: the policy's cap must sit above any backlog this load can build (>= 80 units).
+        config["scalers"][0]["policy"]["max_sessions"] = 200
         controller = await controllers({**config, "metrics_port": port}).start()
 
         produced: list[tuple[float, str]] = []
