@@ -157,7 +157,8 @@ class LeaseElector:
         if not self.is_leader:
             return False
         try:
-            ours = await asyncio.wait_for(self._confirm(), self.call_timeout)
+            async with asyncio.timeout(self.call_timeout):
+                ours = await self._confirm()
         except self.transient_errors as exc:
             log.warning("cannot confirm leadership", extra={"identity": self.identity, "error": str(exc)})
             return False
@@ -172,7 +173,10 @@ class LeaseElector:
             while True:
                 started = time.monotonic()
                 try:
-                    outcome = await asyncio.wait_for(self._attempt(), self.call_timeout)
+                    # Not wait_for: on Python 3.11 it drops a cancel that lands as the call
+                    # completes, and this loop would then campaign on after shutdown.
+                    async with asyncio.timeout(self.call_timeout):
+                        outcome = await self._attempt()
                 except self.transient_errors as exc:
                     # The deadline timer steps a leader down in time; until then keep trying.
                     failures += 1
@@ -187,7 +191,8 @@ class LeaseElector:
         finally:
             self._step_down("shutting down", logging.INFO)
             try:
-                await asyncio.wait_for(self._release(), self.call_timeout)
+                async with asyncio.timeout(self.call_timeout):
+                    await self._release()
             except (*self.transient_errors, asyncio.CancelledError) as exc:
                 log.warning("could not release the lease; it expires by itself", extra={"error": str(exc)})
             await self._close()

@@ -166,8 +166,10 @@ class ScalerLoop:
 
     async def _sleep(self, delay: float) -> None:
         self._wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can drop a cancel (see leader.py).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     async def _watch(self, source: WatchableSource) -> None:
         try:

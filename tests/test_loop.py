@@ -139,3 +139,16 @@ async def test_the_loop_owns_pause_and_mode_and_a_reload_resets_both() -> None:
     assert (decision.open, decision.act, loop.poll_interval) == (2, True, 5.0)
     assert pool.applied == [decision]
     assert loop.policy == PolicyConfig(max_opens_per_tick=2), "runtime control never rewrites the policy"
+
+
+async def test_a_cancel_that_lands_as_the_loop_is_woken_still_stops_it() -> None:
+    # Python 3.11's asyncio.wait_for drops a cancel that arrives just after what it waits on
+    # completed: the loop would tick on after shutdown, and the shutdown would wait for ever.
+    loop = ScalerLoop("s", [NamedSource("s", ScriptedSource(QueueDepth(0, 0)))], RecordingPool(), PolicyConfig(), 60.0, Metrics())
+    running = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.1)  # in its sleep between ticks
+    loop.wake()
+    await asyncio.sleep(0)  # the wake has happened; the loop has not yet resumed
+    running.cancel()
+    done, _ = await asyncio.wait([running], timeout=2)
+    assert done and running.cancelled(), "the loop went on after it was cancelled"
