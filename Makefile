@@ -22,8 +22,11 @@ $(VENV)/.installed-%: pyproject.toml consumer/pyproject.toml $(LOCK)
 	touch $@
 
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.
+# Most of the suite's time is waiting (cold starts, leases, real processes), not CPU: more workers
+# than cores finish it sooner. Every test isolates itself (own keys, ports, emulator), so any split works.
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from support import nats_server, nats_server_binary, redis_answers, redis_server
+from support import moto_server, nats_server, nats_server_binary, redis_answers, redis_server
 
 LOCAL_REDIS = ("127.0.0.1", 6379)
 LOCAL_NATS = "nats://127.0.0.1:4222"
@@ -87,8 +87,6 @@ def nats_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sqs_endpoint() -> Iterator[str]:
     """The endpoint URL of a moto server, with dummy AWS credentials and region in the environment."""
-    from moto.server import ThreadedMotoServer
-
     with pytest.MonkeyPatch.context() as env:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
             env.delenv(name, raising=False)
@@ -99,10 +97,5 @@ def sqs_endpoint() -> Iterator[str]:
         env.setenv("AWS_CONFIG_FILE", os.devnull)
         env.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+        with moto_server() as endpoint:
+            yield endpoint

@@ -102,6 +102,18 @@ def nats_server(*extra: str, port: int | None = None, store_dir: str | None = No
             yield f"nats://127.0.0.1:{port}"
 
 
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's SQS-capable HTTP server in a process of its own; yields its endpoint URL.
+
+    Not moto's in-process ThreadedMotoServer: that shares the GIL with the test, and under load its
+    answers took longer than the source's timeout.
+    """
+    port = free_port()
+    with _process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto server"):
+        yield f"http://127.0.0.1:{port}"
+
+
 @contextlib.asynccontextmanager
 async def silent_server() -> AsyncIterator[int]:
     """A TCP server that accepts connections and never says a word; yields its port."""
