@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from controller.backoff import backoff
+from controller.cancellation import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class LeaseElector:
                     await asyncio.sleep(backoff(failures, base=_BACKOFF_BASE, cap=self.renew_every))
                     continue
                 failures = 0
+                raise_if_cancelled()  # the store call may have swallowed a shutdown's cancel
                 await asyncio.sleep(self._settle(outcome, started))
         finally:
             self._step_down("shutting down", logging.INFO)

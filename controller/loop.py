@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from controller.cancellation import raise_if_cancelled
 from controller.config import Mode, PolicyConfig
 from controller.decisions import DecisionLog, decision_record
 from controller.memory import LearnedStateError, Memory
@@ -148,6 +149,7 @@ class ScalerLoop:
                 except Exception:
                     # A bug in one tick must not stop the scaler; the next tick starts afresh.
                     log.exception("scaler tick failed", extra={"scaler": self.name})
+                raise_if_cancelled()  # a source's client may have swallowed a shutdown's cancel
                 elapsed = time.monotonic() - started
                 self._metrics.record_loop(self.name, elapsed)
                 delay = self.poll_interval * random.uniform(1 - _JITTER, 1 + _JITTER) - elapsed

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from controller.backoff import backoff
+from controller.cancellation import raise_if_cancelled
 from controller.policy import Decision, Supply, close_order
 from controller.sessions import PoolMetrics
 from controller.vast import ReservationTracker, VastEndpoint, VastError
@@ -110,6 +111,7 @@ class ReservationPool:
                     extra={"scaler": self.scaler, "reason": exc.kind, "error": str(exc)},
                 )
                 reservation.tracker = ReservationTracker()
+                raise_if_cancelled()  # an ended reservation must not try again
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
         if self._reservations.pop(token, None) is not None:

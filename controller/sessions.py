@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from controller.backoff import backoff
+from controller.cancellation import raise_if_cancelled
 from controller.ledger import GroupCommit, Ledger, LedgerError, SessionRecord
 from controller.policy import Decision, Supply, close_order
 from controller.vast import GrantedSession, SessionGone, VastEndpoint, VastError
@@ -211,6 +212,7 @@ class SessionPool:
                     # Vast's rate limits name no Retry-After, and a refused key needs a person:
                     # back off further than for a blip.
                     limited = exc.kind == "rate_limited" or exc.fatal
+            raise_if_cancelled()  # a cancelled open must not try again
             await asyncio.sleep(backoff(attempt, **_RATE_LIMITED_BACKOFF) if limited else backoff(attempt))
             attempt += 1
 

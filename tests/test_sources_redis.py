@@ -263,7 +263,14 @@ async def test_watch_yields_on_keyspace_notifications_for_the_list_and_processin
         assert isinstance(source, WatchableSource)
         try:
             await next_wake(source, lambda: client.rpush("jobs", "job"))
-            await next_wake(source, lambda: client.lmove("jobs", "jobs:processing:w1", "LEFT", "RIGHT"))
+
+            async def take() -> None:
+                # From a list nobody watches, so only the processing glob can wake the watch; and
+                # never from an empty one, however many pokes the subscription takes to land.
+                await client.rpush("elsewhere", "job")
+                await client.lmove("elsewhere", "jobs:processing:w1", "LEFT", "RIGHT")
+
+            await next_wake(source, take)
             assert (await source.depth()).in_flight >= 1
         finally:
             await source.close()

@@ -19,6 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from controller.backoff import backoff
+from controller.cancellation import raise_if_cancelled
 from controller.sources import QueueDepth, SourceError, SourceURLError, describe, query_params, split_url
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class _RedisSource:
                         await pubsub.psubscribe(*(prefix + pattern for pattern in patterns))
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_WATCH_IDLE)
+                    raise_if_cancelled()
                     failures = 0
                     if message is not None:
                         yield None
