@@ -24,7 +24,7 @@ $(VENV)/.installed-%: pyproject.toml consumer/pyproject.toml $(LOCK)
 # Tests start what they need (Redis, NATS, moto, the emulator) from tests/conftest.py.
 # Most of the suite's time is waiting (cold starts, leases, real processes), not CPU: more workers
 # than cores finish it sooner. Every test isolates itself (own keys, ports, emulator), so any split works.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 

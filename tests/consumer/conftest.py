@@ -24,6 +24,7 @@ from aiohttp import web
 from consumer_support import LEASE
 from support import eventually, free_port
 
+from controller.sources import Source
 from controller.sources import from_url as source_from_url
 
 HANDLERS = Path(__file__).with_name("consumer_handlers.py")
@@ -39,15 +40,20 @@ class QueueUnderTest:
     read_results: Callable[[], Awaitable[list[dict[str, Any]]]]
     read_dead: Callable[[], Awaitable[list[dict[str, Any]]]]
     _seen_results: list[dict[str, Any]] = field(default_factory=list)
+    # One source for the test, as the controller keeps one: a new SQS client per read took longer
+    # than the read's timeout on a loaded machine.
+    _reader: Source | None = None
 
     async def depth(self) -> tuple[int, int]:
         """(waiting, in flight) as the controller reads them."""
-        source = source_from_url(self.source)
-        try:
-            reading = await source.depth()
-        finally:
-            await source.close()
+        if self._reader is None:
+            self._reader = source_from_url(self.source)
+        reading = await self._reader.depth()
         return reading.waiting, reading.in_flight
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
 
     async def results(self) -> list[dict[str, Any]]:
         self._seen_results += await self.read_results()
@@ -84,9 +90,11 @@ async def redis_stream(redis_client: Any, redis_url: str) -> AsyncIterator[Queue
     async def read_dead() -> list[dict[str, Any]]:
         return [fields for _, fields in await redis_client.xrange(dead)]
 
-    yield QueueUnderTest(
+    under_test = QueueUnderTest(
         "redis-stream", f"{redis_url}?stream={stream}&group=workers", ["--results", results], put, read_results, read_dead
     )
+    yield under_test
+    await under_test.close()
     await redis_client.delete(stream, results, dead, f"{stream}:cancel:x")
 
 
@@ -104,10 +112,12 @@ async def redis_list(redis_client: Any, redis_url: str) -> AsyncIterator[QueueUn
     async def read_dead() -> list[dict[str, Any]]:
         return [json.loads(item) for item in await redis_client.lrange(dead, 0, -1)]
 
-    yield QueueUnderTest(
+    under_test = QueueUnderTest(
         "redis-list", f"{redis_url}?list={key}&processing={key}:processing:*", ["--results", results], put, read_results,
         read_dead,
     )  # fmt: skip
+    yield under_test
+    await under_test.close()
     leftovers = [k async for k in redis_client.scan_iter(match=f"{key}*")]
     if leftovers:
         await redis_client.delete(*leftovers)
@@ -143,10 +153,12 @@ async def sqs_queue(sqs_endpoint: str) -> AsyncIterator[QueueUnderTest]:
         dead_seen.extend(await asyncio.to_thread(drain, dead_url))
         return list(dead_seen)
 
-    yield QueueUnderTest(
+    under_test = QueueUnderTest(
         "sqs", f"sqs://{name}?region=us-east-1&endpoint_url={sqs_endpoint}",
         ["--results", f"{name}-results", "--dead-letter", f"{name}-dead"], put, read_results, read_dead,
     )  # fmt: skip
+    yield under_test
+    await under_test.close()
     for queue_url in (url, results_url, dead_url):
         client.delete_queue(QueueUrl=queue_url)
 
@@ -184,11 +196,13 @@ async def nats_queue(nats_url: str) -> AsyncIterator[QueueUnderTest]:
         dead_seen.extend(await read(f"{stream}.dead"))
         return list(dead_seen)
 
-    yield QueueUnderTest(
+    under_test = QueueUnderTest(
         "nats", f"{nats_url}?stream={stream}&consumer=workers",
         ["--results", f"{stream}.results", "--dead-letter", f"{stream}.dead"],
         put, lambda: read(f"{stream}.results"), read_dead,
     )  # fmt: skip
+    yield under_test
+    await under_test.close()
     for name in (stream, f"{stream}_OUT"):
         await js.delete_stream(name)
     await nc.close()
