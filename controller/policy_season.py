@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 #: How far one period's count moves a bin: halfway up, most of the way down (a miss costs).
 _ALPHA_UP, _ALPHA_DOWN = 0.5, 0.8
@@ -49,9 +50,6 @@ class Profile:
     def values(self) -> tuple[float, ...]:
         """Every bin's value, in order."""
         return tuple(value for chunk in self.chunks for value in chunk)
-
-    def value(self, phase: int) -> float:
-        return self.chunks[phase // _CHUNK][phase % _CHUNK]
 
     @property
     def weight(self) -> float:
@@ -123,11 +121,44 @@ def expected(profile: Profile | None, start: float, end: float, service: float) 
     a whole period is learned), weighted by its track record."""
     if profile is None or not profile.ready:
         return 0.0
-    size, width = bins(profile.period, profile.step), max(1, math.floor(service / profile.step))
+    width = max(1, math.floor(service / profile.step))
     first, last = math.floor(start / profile.step) - width + 1, math.floor(end / profile.step)
-    values = [profile.value(i % size) for i in range(first, last + 1)]
+    return profile.weight * _most(_Same(profile.chunks), bins(profile.period, profile.step), first, last, width)
+
+
+class _Same:
+    """Bins as a cache key by identity: hashing a period's bins would cost what the cache saves.
+    The key holds them, so no other bins can take their id while it is cached."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: tuple[tuple[float, ...], ...]):
+        self.chunks = chunks
+
+    def __hash__(self) -> int:
+        return id(self.chunks)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.chunks is self.chunks
+
+
+# The bins change once a step (a bin ends), the span every step, a reading comes every poll:
+# most readings ask again what the last one asked.
+@lru_cache(maxsize=64)
+def _most(bins_: _Same, size: int, first: int, last: int, width: int) -> float:
+    """The most units of the bins that start within `width` bins, over spans ending in bins
+    `first` + width - 1 to `last`."""
+    chunks, values = bins_.chunks, []
+    # The span's bins, a slice of a chunk at a time (it may wrap around the period).
+    at = first
+    while at <= last:
+        phase = at % size
+        chunk, within = divmod(phase, _CHUNK)
+        taken = chunks[chunk][within : within + min(last - at + 1, size - phase)]
+        values.extend(taken)
+        at += len(taken)
     held = most = sum(values[:width])  # units of the bins that start within one service time
     for leaving, coming in zip(values, values[width:], strict=False):
         held += coming - leaving
         most = max(most, held)
-    return profile.weight * most
+    return most

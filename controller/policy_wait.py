@@ -128,8 +128,14 @@ def update(
     # the target is counted late (a unit served between two readings past it would be missed).
     horizon = max(0.0, target.seconds - poll)
     cutoff = now - horizon
-    due = sum(count for at, count in state.recent if at <= cutoff)
-    kept = tuple((at, count) for at, count in state.recent if at > cutoff)
+    # `recent` runs oldest first: the due readings are a prefix.
+    split = 0
+    for at, _ in state.recent:
+        if at > cutoff:
+            break
+        split += 1
+    kept = state.recent[split:]
+    due = sum(count for _, count in state.recent[:split])
     since = sum(count for _, count in kept) + arrived
     late = min(due, max(0.0, waiting - since))
     if oldest_age is not None and oldest_age < horizon:
@@ -233,13 +239,22 @@ def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: floa
     # the slow share). That is finer than what they are known to: a load averaged over
     # RATE_WINDOW is a count of tens of arrivals, the slow share one of the last 50 start-ups,
     # and the price moves by a factor STEP x STEP in a window.
-    def grid(value: float, step: float) -> float:
-        return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
-
     poll = round(poll * 20) / 20
-    slow = min(1.0, grid(_slow(target.seconds, poll, startup), 0.1))
-    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.1)
-    return _pool(mean, service, grid(state.price, 0.1), poll, target.seconds, slow, cap)
+    slow = _slow_on_grid(target.seconds, poll, startup.spread, startup.warm_share)
+    service = state.service
+    return _pool(_grid(state.rate * service, 0.05), _grid(service, 0.1), _grid(state.price, 0.1), poll,
+                 target.seconds, slow, cap)  # fmt: skip
+
+
+def _grid(value: float, step: float) -> float:
+    """`value` rounded to a log grid of `step` (0 for none)."""
+    return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
+
+
+@lru_cache(maxsize=256)
+def _slow_on_grid(target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float) -> float:
+    # Changed only by a grant, read every tick: cached with its grid.
+    return min(1.0, _grid(_slow_share(target, poll, spread, warm), 0.1))
 
 
 @lru_cache(maxsize=8192)
@@ -270,6 +285,8 @@ def _pool(mean: float, service: float, price: float, poll: float, target: float,
     return best
 
 
+# Asked every reading with a forecast; the price moves only with arrivals, the forecast once a bin.
+@lru_cache(maxsize=1024)
 def forecast_units(expected: float, price: float, hold: float, cap: int) -> int:
     """Sessions worth pre-warming for a forecast of `expected` units: the count that comes is
     taken as Poisson; the j-th session serves a unit with chance P(N >= j), saving a late unit
