@@ -76,6 +76,7 @@ from typing import Any, TypeVar
 
 from controller import policy_rate, policy_season, policy_startup, policy_wait
 from controller.config import PolicyConfig
+from controller.identity import Same
 from controller.policy_rate import RateState
 from controller.policy_season import Profile
 from controller.policy_startup import StartupState
@@ -263,6 +264,14 @@ def budget_cap(config: PolicyConfig) -> int | None:
 
 
 def _bounds(config: PolicyConfig) -> _Bounds:
+    return _bounds_of(Same(config))
+
+
+# Read every tick from a config that rarely changes: keyed by its identity (hashing a config
+# hashes its every field).
+@lru_cache(maxsize=64)
+def _bounds_of(key: Same[PolicyConfig]) -> _Bounds:
+    config = key.value
     cap = budget_cap(config)
     upper = config.max_sessions if cap is None else min(config.max_sessions, cap)
     return _Bounds(lower=min(config.min_sessions, upper), upper=upper, budget_cap=cap)

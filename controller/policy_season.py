@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from controller.identity import Same
+
 #: How far one period's count moves a bin: halfway up, most of the way down (a miss costs).
 _ALPHA_UP, _ALPHA_DOWN = 0.5, 0.8
 #: The weight's memory, in forecast units: evidence fades by e with every this many forecast.
@@ -123,32 +125,17 @@ def expected(profile: Profile | None, start: float, end: float, service: float) 
         return 0.0
     width = max(1, math.floor(service / profile.step))
     first, last = math.floor(start / profile.step) - width + 1, math.floor(end / profile.step)
-    return profile.weight * _most(_Same(profile.chunks), bins(profile.period, profile.step), first, last, width)
-
-
-class _Same:
-    """Bins as a cache key by identity: hashing a period's bins would cost what the cache saves.
-    The key holds them, so no other bins can take their id while it is cached."""
-
-    __slots__ = ("chunks",)
-
-    def __init__(self, chunks: tuple[tuple[float, ...], ...]):
-        self.chunks = chunks
-
-    def __hash__(self) -> int:
-        return id(self.chunks)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Same) and other.chunks is self.chunks
+    return profile.weight * _most(Same(profile.chunks), bins(profile.period, profile.step), first, last, width)
 
 
 # The bins change once a step (a bin ends), the span every step, a reading comes every poll:
-# most readings ask again what the last one asked.
+# most readings ask again what the last one asked. Keyed by the bins' identity: hashing a
+# period's bins would cost what the cache saves.
 @lru_cache(maxsize=64)
-def _most(bins_: _Same, size: int, first: int, last: int, width: int) -> float:
+def _most(bins_: Same[tuple[tuple[float, ...], ...]], size: int, first: int, last: int, width: int) -> float:
     """The most units of the bins that start within `width` bins, over spans ending in bins
     `first` + width - 1 to `last`."""
-    chunks, values = bins_.chunks, []
+    chunks, values = bins_.value, []
     # The span's bins, a slice of a chunk at a time (it may wrap around the period).
     at = first
     while at <= last:

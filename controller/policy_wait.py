@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from controller.config import WaitTarget
+from controller.identity import Same
 from controller.policy_startup import StartupState
 
 #: The late share the price aims at, as a fraction of the allowed one: noise around it stays
@@ -240,7 +241,7 @@ def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: floa
     # RATE_WINDOW is a count of tens of arrivals, the slow share one of the last 50 start-ups,
     # and the price moves by a factor STEP x STEP in a window.
     poll = round(poll * 20) / 20
-    slow = _slow_on_grid(target.seconds, poll, startup.spread, startup.warm_share)
+    slow = _slow_on_grid(target.seconds, poll, Same(startup))
     service = state.service
     return _pool(_grid(state.rate * service, 0.05), _grid(service, 0.1), _grid(state.price, 0.1), poll,
                  target.seconds, slow, cap)  # fmt: skip
@@ -252,9 +253,10 @@ def _grid(value: float, step: float) -> float:
 
 
 @lru_cache(maxsize=256)
-def _slow_on_grid(target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float) -> float:
-    # Changed only by a grant, read every tick: cached with its grid.
-    return min(1.0, _grid(_slow_share(target, poll, spread, warm), 0.1))
+def _slow_on_grid(target: float, poll: float, startup: Same[StartupState]) -> float:
+    # Changed only by a grant, read every reading: cached with its grid, keyed by the start-ups'
+    # identity (hashing their histogram would cost what the cache saves).
+    return min(1.0, _grid(_slow(target, poll, startup.value), 0.1))
 
 
 @lru_cache(maxsize=8192)
