@@ -129,15 +129,16 @@ def update(
     # the target is counted late (a unit served between two readings past it would be missed).
     horizon = max(0.0, target.seconds - poll)
     cutoff = now - horizon
-    # `recent` runs oldest first: the due readings are a prefix.
-    split = 0
-    for at, _ in state.recent:
-        if at > cutoff:
-            break
-        split += 1
+    # `recent` runs oldest first: the due readings are a prefix. (Counts are whole numbers, so
+    # the sums are exact in any order.)
+    split, due, since = 0, 0.0, arrived
+    for at, count in state.recent:
+        if at <= cutoff:
+            split += 1
+            due += count
+        else:
+            since += count
     kept = state.recent[split:]
-    due = sum(count for _, count in state.recent[:split])
-    since = sum(count for _, count in kept) + arrived
     late = min(due, max(0.0, waiting - since))
     if oldest_age is not None and oldest_age < horizon:
         late = 0.0
