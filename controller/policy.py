@@ -375,7 +375,7 @@ def decide(
             notes.append(f"not scaling down: {missing} unreadable")
         window = _slide(state.window, now, wanted, config.scale_down_delay)
         # Clamped again: a lowered max_sessions or budget applies without waiting the delay.
-        keep = bounds.clamp(max(value for _, value in window))
+        keep = bounds.clamp(max([value for _, value in window]))
         target = min(max(supply.total, wanted), keep)
         reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config) if explain else ""
         state = PolicyState(window=window, last_ok_at=now, rate=rate, learned=learned)
@@ -548,10 +548,14 @@ def _slide(
     """Add (now, target) to the scale-down window; drop points that are too old or dominated."""
     # A point from the future (the wall clock stepped back) counts as now: it then holds at
     # most one delay instead of until the clock catches up.
-    kept = tuple(
-        (min(at, now), value) for at, value in window if now - min(at, now) < delay and value > target
-    )
-    return (*kept, (now, target))
+    kept = []
+    for at, value in window:  # a loop, not a generator: this runs every tick
+        if value > target:
+            at = now if now < at else at  # min(at, now)
+            if now - at < delay:
+                kept.append((at, value))
+    kept.append((now, target))
+    return tuple(kept)
 
 
 def _actions(target: int, supply: Supply, config: PolicyConfig) -> tuple[int, int, int]:
