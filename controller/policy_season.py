@@ -147,5 +147,6 @@ def _most(bins_: Same[tuple[tuple[float, ...], ...]], size: int, first: int, las
     held = most = sum(values[:width])  # units of the bins that start within one service time
     for leaving, coming in zip(values, values[width:], strict=False):
         held += coming - leaving
-        most = max(most, held)
+        if held > most:  # max(most, held), without a call per bin
+            most = held
     return most
