@@ -76,6 +76,7 @@ from typing import Any, TypeVar
 
 from controller import policy_rate, policy_season, policy_startup, policy_wait
 from controller.config import PolicyConfig
+from controller.identity import Same
 from controller.policy_rate import RateState
 from controller.policy_season import Profile
 from controller.policy_startup import StartupState
@@ -263,6 +264,14 @@ def budget_cap(config: PolicyConfig) -> int | None:
 
 
 def _bounds(config: PolicyConfig) -> _Bounds:
+    return _bounds_of(Same(config))
+
+
+# Read every tick from a config that rarely changes: keyed by its identity (hashing a config
+# hashes its every field).
+@lru_cache(maxsize=64)
+def _bounds_of(key: Same[PolicyConfig]) -> _Bounds:
+    config = key.value
     cap = budget_cap(config)
     upper = config.max_sessions if cap is None else min(config.max_sessions, cap)
     return _Bounds(lower=min(config.min_sessions, upper), upper=upper, budget_cap=cap)
@@ -326,11 +335,14 @@ def decide(
     *,
     paused: bool = False,
     act: bool = True,
+    explain: bool = True,
 ) -> Decision:
     """The decision for one tick; a source whose depth is None failed to read (all of them: the read failed).
     `poll`: the longest time until the next reading (the loop's poll_interval): what a reading
     can miss, which the wait target allows for. `paused` and `act` are the operator's runtime
-    control (the loop owns them): paused holds the count, act=False is advise mode."""
+    control (the loop owns them): paused holds the count, act=False is advise mode.
+    `explain=False` leaves the reason, the inputs and the terms out (the same steps and state):
+    for the simulator, which reads only those (writing them is up to a fifth of a decision)."""
     bounds = _bounds(config)
     sources = tuple(depth)
     readable = [s for s in sources if s.depth is not None]
@@ -349,7 +361,7 @@ def decide(
         summed = None
     else:
         work = _work(readable, config)
-        summed = work.depth
+        summed = work.depth if explain else None
         rate = state.rate
         if config.estimates_rate and len(readable) == len(sources):
             # Only full reads: a source missing from the sum would look like its work completed.
@@ -363,9 +375,9 @@ def decide(
             notes.append(f"not scaling down: {missing} unreadable")
         window = _slide(state.window, now, wanted, config.scale_down_delay)
         # Clamped again: a lowered max_sessions or budget applies without waiting the delay.
-        keep = bounds.clamp(max(value for _, value in window))
+        keep = bounds.clamp(max([value for _, value in window]))
         target = min(max(supply.total, wanted), keep)
-        reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config)
+        reason = _explain(work.total, wanted, "; ".join(notes), target, supply, config) if explain else ""
         state = PolicyState(window=window, last_ok_at=now, rate=rate, learned=learned)
     if paused:
         target, reason, (open_, cancel, close) = supply.total, "paused", (0, 0, 0)
@@ -384,8 +396,8 @@ def decide(
         state,
         act=act,
         close_min_age=config.boot_grace,
-        inputs=Inputs(now, summed, sources, supply),
-        terms=tuple(terms.items()),
+        inputs=Inputs(now, summed, sources, supply) if explain else None,
+        terms=tuple(terms.items()) if explain else (),
     )
 
 
@@ -536,10 +548,14 @@ def _slide(
     """Add (now, target) to the scale-down window; drop points that are too old or dominated."""
     # A point from the future (the wall clock stepped back) counts as now: it then holds at
     # most one delay instead of until the clock catches up.
-    kept = tuple(
-        (min(at, now), value) for at, value in window if now - min(at, now) < delay and value > target
-    )
-    return (*kept, (now, target))
+    kept = []
+    for at, value in window:  # a loop, not a generator: this runs every tick
+        if value > target:
+            at = now if now < at else at  # min(at, now)
+            if now - at < delay:
+                kept.append((at, value))
+    kept.append((now, target))
+    return tuple(kept)
 
 
 def _actions(target: int, supply: Supply, config: PolicyConfig) -> tuple[int, int, int]:

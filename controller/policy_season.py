@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from controller.identity import Same
 
 #: How far one period's count moves a bin: halfway up, most of the way down (a miss costs).
 _ALPHA_UP, _ALPHA_DOWN = 0.5, 0.8
@@ -49,9 +52,6 @@ class Profile:
     def values(self) -> tuple[float, ...]:
         """Every bin's value, in order."""
         return tuple(value for chunk in self.chunks for value in chunk)
-
-    def value(self, phase: int) -> float:
-        return self.chunks[phase // _CHUNK][phase % _CHUNK]
 
     @property
     def weight(self) -> float:
@@ -123,11 +123,30 @@ def expected(profile: Profile | None, start: float, end: float, service: float) 
     a whole period is learned), weighted by its track record."""
     if profile is None or not profile.ready:
         return 0.0
-    size, width = bins(profile.period, profile.step), max(1, math.floor(service / profile.step))
+    width = max(1, math.floor(service / profile.step))
     first, last = math.floor(start / profile.step) - width + 1, math.floor(end / profile.step)
-    values = [profile.value(i % size) for i in range(first, last + 1)]
+    return profile.weight * _most(Same(profile.chunks), bins(profile.period, profile.step), first, last, width)
+
+
+# The bins change once a step (a bin ends), the span every step, a reading comes every poll:
+# most readings ask again what the last one asked. Keyed by the bins' identity: hashing a
+# period's bins would cost what the cache saves.
+@lru_cache(maxsize=64)
+def _most(bins_: Same[tuple[tuple[float, ...], ...]], size: int, first: int, last: int, width: int) -> float:
+    """The most units of the bins that start within `width` bins, over spans ending in bins
+    `first` + width - 1 to `last`."""
+    chunks, values = bins_.value, []
+    # The span's bins, a slice of a chunk at a time (it may wrap around the period).
+    at = first
+    while at <= last:
+        phase = at % size
+        chunk, within = divmod(phase, _CHUNK)
+        taken = chunks[chunk][within : within + min(last - at + 1, size - phase)]
+        values.extend(taken)
+        at += len(taken)
     held = most = sum(values[:width])  # units of the bins that start within one service time
     for leaving, coming in zip(values, values[width:], strict=False):
         held += coming - leaving
-        most = max(most, held)
-    return profile.weight * most
+        if held > most:  # max(most, held), without a call per bin
+            most = held
+    return most

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 #: A grant faster than this found a ready worker: it says nothing about start-ups.
@@ -95,23 +95,28 @@ class StartupState:
 
 def observe(state: StartupState, seconds: Iterable[float]) -> StartupState:
     """The estimates after these measured request-to-grant times, in order."""
+    # Plain locals, one state built at the end: this runs on every grant.
+    resume, cold, cold_share, warm_share = state.resume, state.cold, state.cold_share, state.warm_share
+    measured, counts = state.measured, state.counts
     for value in seconds:
         if not math.isfinite(value) or value < 0:
             continue
         warm = value < WARM
-        state = replace(state, warm_share=state.warm_share + _SHARE_ALPHA * (warm - state.warm_share),
-                        measured=state.measured + 1)  # fmt: skip
+        warm_share += _SHARE_ALPHA * (warm - warm_share)
+        measured += 1
         if warm:
             continue
-        counts = [count * _KEEP for count in state.counts]
-        counts[_bin(value)] += 1
-        state = replace(state, counts=tuple(counts))
-        cold = abs(math.log(value / state.cold)) < abs(math.log(value / state.resume))
-        if cold:
-            state = replace(state, cold=state.cold + _ALPHA * (value - state.cold))
+        kept = [count * _KEEP for count in counts]
+        kept[_bin(value)] += 1
+        counts = tuple(kept)
+        is_cold = abs(math.log(value / cold)) < abs(math.log(value / resume))
+        if is_cold:
+            cold += _ALPHA * (value - cold)
         else:
-            state = replace(state, resume=state.resume + _ALPHA * (value - state.resume))
-        if state.resume > state.cold:  # keep the names right if the two estimates cross
-            state = replace(state, resume=state.cold, cold=state.resume)
-        state = replace(state, cold_share=state.cold_share + _ALPHA * (cold - state.cold_share))
-    return state
+            resume += _ALPHA * (value - resume)
+        if resume > cold:  # keep the names right if the two estimates cross
+            resume, cold = cold, resume
+        cold_share += _ALPHA * (is_cold - cold_share)
+    if measured == state.measured:
+        return state
+    return StartupState(resume, cold, cold_share, warm_share, measured, counts)

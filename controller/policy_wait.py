@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from controller.config import WaitTarget
+from controller.identity import Same
 from controller.policy_startup import StartupState
 
 #: The late share the price aims at, as a fraction of the allowed one: noise around it stays
@@ -128,9 +129,16 @@ def update(
     # the target is counted late (a unit served between two readings past it would be missed).
     horizon = max(0.0, target.seconds - poll)
     cutoff = now - horizon
-    due = sum(count for at, count in state.recent if at <= cutoff)
-    kept = tuple((at, count) for at, count in state.recent if at > cutoff)
-    since = sum(count for _, count in kept) + arrived
+    # `recent` runs oldest first: the due readings are a prefix. (Counts are whole numbers, so
+    # the sums are exact in any order.)
+    split, due, since = 0, 0.0, arrived
+    for at, count in state.recent:
+        if at <= cutoff:
+            split += 1
+            due += count
+        else:
+            since += count
+    kept = state.recent[split:]
     late = min(due, max(0.0, waiting - since))
     if oldest_age is not None and oldest_age < horizon:
         late = 0.0
@@ -233,13 +241,23 @@ def pool(state: WaitState, target: WaitTarget, startup: StartupState, poll: floa
     # the slow share). That is finer than what they are known to: a load averaged over
     # RATE_WINDOW is a count of tens of arrivals, the slow share one of the last 50 start-ups,
     # and the price moves by a factor STEP x STEP in a window.
-    def grid(value: float, step: float) -> float:
-        return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
-
     poll = round(poll * 20) / 20
-    slow = min(1.0, grid(_slow(target.seconds, poll, startup), 0.1))
-    mean, service = grid(state.rate * state.service, 0.05), grid(state.service, 0.1)
-    return _pool(mean, service, grid(state.price, 0.1), poll, target.seconds, slow, cap)
+    slow = _slow_on_grid(target.seconds, poll, Same(startup))
+    service = state.service
+    return _pool(_grid(state.rate * service, 0.05), _grid(service, 0.1), _grid(state.price, 0.1), poll,
+                 target.seconds, slow, cap)  # fmt: skip
+
+
+def _grid(value: float, step: float) -> float:
+    """`value` rounded to a log grid of `step` (0 for none)."""
+    return math.exp(round(math.log(value) / step) * step) if value > 0 else 0.0
+
+
+@lru_cache(maxsize=256)
+def _slow_on_grid(target: float, poll: float, startup: Same[StartupState]) -> float:
+    # Changed only by a grant, read every reading: cached with its grid, keyed by the start-ups'
+    # identity (hashing their histogram would cost what the cache saves).
+    return min(1.0, _grid(_slow(target, poll, startup.value), 0.1))
 
 
 @lru_cache(maxsize=8192)
@@ -270,6 +288,8 @@ def _pool(mean: float, service: float, price: float, poll: float, target: float,
     return best
 
 
+# Asked every reading with a forecast; the price moves only with arrivals, the forecast once a bin.
+@lru_cache(maxsize=1024)
 def forecast_units(expected: float, price: float, hold: float, cap: int) -> int:
     """Sessions worth pre-warming for a forecast of `expected` units: the count that comes is
     taken as Poisson; the j-th session serves a unit with chance P(N >= j), saving a late unit

@@ -451,6 +451,28 @@ def test_with_any_features_every_decision_obeys_the_rules(
 
 @SETTINGS
 @given(
+    config=feature_configs() | feature_configs(wait_target="p95 10s", forecast_period=600.0),
+    supply=supplies,
+    history=st.lists(feature_steps, min_size=1, max_size=30),
+)
+def test_a_decision_without_its_explanation_takes_the_same_steps(
+    config: PolicyConfig, supply: Supply, history: list[FeatureStep]
+) -> None:
+    pool, state, now = Pool(supply), PolicyState(), 1000.0
+    for step in history:
+        supply = pool.supply(now)
+        explained = decide(step.observation, supply, config, now, state)
+        terse = decide(step.observation, supply, config, now, state, explain=False)
+        assert terse.inputs is None and terse.terms == ()
+        assert replace(terse, reason=explained.reason, inputs=explained.inputs, terms=explained.terms) == explained
+        state = terse.state
+        pool.apply(terse, now)
+        now += step.after
+        pool.settle(now, step.granted, step.released)
+
+
+@SETTINGS
+@given(
     config=feature_configs(),
     supply=supplies,
     history=st.lists(feature_steps, min_size=1, max_size=30),

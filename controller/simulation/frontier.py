@@ -75,9 +75,18 @@ class Point:
         return self.result.cost_after
 
 
-def _run_config(job: tuple[Trace | str, dict[str, Any]]) -> Result:
-    trace, fields = job
-    return simulate(as_trace(trace), ours(**fields), MODEL, "ours")
+def _run(job: tuple[Trace | str, dict[str, Any] | str]) -> Result:
+    """One config of ours (its fields) or one mark (a policy's name) on a trace."""
+    trace, what = job
+    if isinstance(what, str):
+        return run_one((trace, what, MODEL))
+    return simulate(as_trace(trace), ours(**what), MODEL, "ours")
+
+
+def _weight(job: tuple[Trace | str, dict[str, Any] | str]) -> float:
+    """A job's expected run time, in trace seconds: a wait row takes about three times as long."""
+    trace, what = job
+    return trace_length(trace) * (3 if isinstance(what, dict) and "wait_target" in what else 1)
 
 
 @dataclass(frozen=True)
@@ -91,18 +100,16 @@ class Sweep:
 def sweep(traces: list[Trace | str]) -> list[Sweep]:
     """Every GRID config, every target and every mark on every trace, in parallel processes."""
     configs = [*GRID, *(wait_target(t) for t in TARGETS)]
-    jobs = [(trace, fields) for trace in traces for fields in configs]
-    marks = [(trace, policy, MODEL) for trace in traces for policy in MARKS]
-    workers = max(1, os.cpu_count() or 1)
-    # The wait rows take about three times as long as a fixed setting: they go first.
-    found = in_parallel(_run_config, jobs, workers, key=lambda job: trace_length(job[0]) * (3 if "wait_target" in job[1] else 1))
-    marked = in_parallel(run_one, marks, workers, key=lambda job: trace_length(job[0]))
+    row: list[dict[str, Any] | str] = [*configs, *MARKS]
+    jobs = [(trace, what) for trace in traces for what in row]
+    # One pool for all, the longest first: no pool waits on another's last job.
+    done = in_parallel(_run, jobs, max(1, os.cpu_count() or 1), key=_weight)
     sweeps = []
     for index, trace in enumerate(traces):
-        mine = found[index * len(configs) : (index + 1) * len(configs)]
-        points = [Point(f, r) for f, r in zip(configs, mine, strict=True)]
-        theirs = marked[index * len(MARKS) : (index + 1) * len(MARKS)]
-        sweeps.append(Sweep(as_trace(trace), points[: len(GRID)], points[len(GRID) :], dict(zip(MARKS, theirs, strict=True))))
+        results = done[index * len(row) : (index + 1) * len(row)]
+        points = [Point(f, r) for f, r in zip(configs, results[: len(configs)], strict=True)]
+        marks = dict(zip(MARKS, results[len(configs) :], strict=True))
+        sweeps.append(Sweep(as_trace(trace), points[: len(GRID)], points[len(GRID) :], marks))
     return sweeps
 
 

@@ -71,7 +71,8 @@ class Ours:
             in_flight, open_, opening = self._seen  # type: ignore[misc]
             before = now - self.poll_interval
             quiet = one_queue(QueueDepth(0, in_flight))
-            self.state = decide(quiet, Supply(open_, opening), self.config, before, self.state, self.poll_interval).state
+            self.state = decide(quiet, Supply(open_, opening), self.config, before, self.state, self.poll_interval,
+                                explain=False).state  # fmt: skip
             self._put_off = False
         oldest = now - world.trace.arrivals[world.queue[0]] if world.queue else None
         depth = QueueDepth(waiting=world.waiting, in_flight=world.in_flight, oldest_age=oldest)
@@ -80,7 +81,7 @@ class Ours:
         startups = tuple(world.startups)
         world.startups.clear()
         supply = Supply(open=world.sessions_open, opening=world.sessions_opening, ages=ages, startups=startups)
-        decision = decide(one_queue(depth), supply, self.config, now, self.state, self.poll_interval)
+        decision = decide(one_queue(depth), supply, self.config, now, self.state, self.poll_interval, explain=False)
         self.state = decision.state
         acts = decision.act and bool(decision.open or decision.cancel or decision.close)
         self._seen = None if acts or world.waiting else seen
