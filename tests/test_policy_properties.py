@@ -8,7 +8,7 @@ spec states them, computed here independently of controller/policy.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -458,17 +458,14 @@ def test_with_any_features_every_decision_obeys_the_rules(
 def test_a_decision_without_its_explanation_takes_the_same_steps(
     config: PolicyConfig, supply: Supply, history: list[FeatureStep]
 ) -> None:
-    pool, state, now = Pool(supply), PolicyState(), 1000.0
-    for step in history:
-        supply = pool.supply(now)
-        explained = decide(step.observation, supply, config, now, state)
-        terse = decide(step.observation, supply, config, now, state, explain=False)
+    def both(observation: Observation, supply: Supply, now: float, state: PolicyState) -> Decision:
+        explained = decide(observation, supply, config, now, state)
+        terse = decide(observation, supply, config, now, state, explain=False)
         assert terse.inputs is None and terse.terms == ()
         assert replace(terse, reason=explained.reason, inputs=explained.inputs, terms=explained.terms) == explained
-        state = terse.state
-        pool.apply(terse, now)
-        now += step.after
-        pool.settle(now, step.granted, step.released)
+        return terse
+
+    replay(supply, history, both)
 
 
 @SETTINGS
@@ -480,17 +477,25 @@ def test_a_decision_without_its_explanation_takes_the_same_steps(
 def test_advise_mode_never_acts_and_would_do_what_act_mode_does(
     config: PolicyConfig, supply: Supply, history: list[FeatureStep]
 ) -> None:
-    pool, state, now = Pool(supply), PolicyState(), 1000.0
-    for step in history:
-        supply = pool.supply(now)
-        advised = decide(step.observation, supply, config, now, state, act=False)
-        acted = decide(step.observation, supply, config, now, state)
+    def both(observation: Observation, supply: Supply, now: float, state: PolicyState) -> Decision:
+        advised = decide(observation, supply, config, now, state, act=False)
+        acted = decide(observation, supply, config, now, state)
         assert not advised.act and acted.act
         assert advised == replace(acted, act=False)
-        state = advised.state
-        pool.apply(advised, now)  # a no-op: the sessions change only by grants and releases
-        now += step.after
-        pool.settle(now, step.granted, step.released)
+        return advised  # applying it is a no-op: the sessions change only by grants and releases
+
+    replay(supply, history, both)
+
+
+def replay(supply: Supply, history: list[FeatureStep], step: Callable[[Observation, Supply, float, PolicyState], Decision]) -> None:
+    """Drive a pool through `history`, applying the decision `step` returns at each reading."""
+    pool, state, now = Pool(supply), PolicyState(), 1000.0
+    for moment in history:
+        decision = step(moment.observation, pool.supply(now), now, state)
+        state = decision.state
+        pool.apply(decision, now)
+        now += moment.after
+        pool.settle(now, moment.granted, moment.released)
 
 
 @SETTINGS
