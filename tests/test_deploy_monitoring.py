@@ -29,7 +29,7 @@ METRICS = HISTOGRAMS | {
     "vqs_source_read_errors_total", "vqs_last_successful_read_timestamp_seconds", "vqs_paused",
     "vqs_sessions_opened_total", "vqs_sessions_closed_total", "vqs_session_open_failures_total",
     "vqs_keepalives_total", "vqs_ledger_writes_total", "vqs_sessions_adopted_total",
-    "vqs_session_seconds_total", "vqs_leader",
+    "vqs_session_seconds_total", "vqs_leader", "vqs_renewals_behind", "vqs_vast_errors_total",
 }
 PENDING = {"vqs_leader"}  # promised by the leader-election work, not exported yet
 
