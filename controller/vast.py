@@ -40,6 +40,8 @@ LISTING_REUSE_SECONDS = 2.0
 #: soon, a renewal (the old endpoint still works) waits minutes. Never a burst at the web API.
 FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP = 1.0, 60.0
 RENEW_RETRY, RENEW_RETRY_CAP = 60.0, 3600.0
+#: After a 404 from an open, the endpoint is listed again, at most once in this many seconds.
+RECHECK_SECONDS = 60.0
 FETCH_TIMEOUT = 30.0
 #: Beyond the open's own timeout: one route (10 s) and one /session/create (10 s) still under way.
 OPEN_SLACK_SECONDS = 25.0
@@ -206,6 +208,7 @@ class VastEndpoint:
         self.problem: VastError | None = None
         self._endpoint: Any = None
         self._fetched_at = 0.0
+        self._rechecked_at = float("-inf")
         self._failures = 0
         self._retry_at = 0.0
         self._last_error: VastError | None = None
@@ -215,30 +218,46 @@ class VastEndpoint:
 
     async def _get(self) -> Any:
         """The SDK Endpoint to route with: fetched at first use, renewed every RENEW_SECONDS."""
-        if self._fresh(RENEW_SECONDS) or (self._endpoint is not None and self._clock() < self._retry_at):
+        if self._fresh(RENEW_SECONDS):
             return self._endpoint
         async with self._fetching:  # one fetch at a time; the others use its result
             if not self._fresh(RENEW_SECONDS):
                 await self._fetch_or_keep()
         return self._endpoint
 
+    def _open_failed(self, error: VastError) -> VastError:
+        """Note why an open failed; a 404 may mean the endpoint was deleted: list it again at the
+        next open (at most once a minute)."""
+        self._note(error)  # the autoscaler refusing the endpoint's key
+        now = self._clock()
+        if error.status == 404 and now - self._rechecked_at > RECHECK_SECONDS:
+            self._rechecked_at, self._fetched_at = now, float("-inf")
+        return error
+
     def _fresh(self, seconds: float) -> bool:
         return self._endpoint is not None and self._clock() - self._fetched_at < seconds
 
     async def _fetch_or_keep(self) -> None:
+        """Fetch the endpoint, or keep the one fetched earlier while it still works.
+
+        Without one, or once Vast no longer lists it (deleted), there is nothing to route with: the
+        error is raised, and the fetch retried soon so its return is seen; else the old endpoint
+        serves and the fetch waits minutes.
+        """
         if self._clock() < self._retry_at and self._last_error is not None:
-            if self._endpoint is None:
+            if self._endpoint is None or self._last_error.kind == "no_endpoint":
                 raise self._last_error
             return
         try:
             await self._fetch()
         except VastError as exc:
             self._last_error = exc
-            base, cap = (RENEW_RETRY, RENEW_RETRY_CAP) if self._endpoint else (FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP)
+            unusable = self._endpoint is None or exc.kind == "no_endpoint"
+            base, cap = (FIRST_FETCH_RETRY, FIRST_FETCH_RETRY_CAP) if unusable else (RENEW_RETRY, RENEW_RETRY_CAP)
             # At least `base`, so failed fetches never come in a burst.
             self._retry_at = self._clock() + base + backoff(self._failures, base=base, cap=cap)
             self._failures += 1
-            if self._endpoint is None:
+            if unusable:
                 raise
             log.warning("could not renew the Vast endpoint; using the one fetched earlier",
                         extra={"endpoint": self.name, "error": str(exc)})  # fmt: skip
@@ -254,7 +273,9 @@ class VastEndpoint:
 
     async def _fetch(self) -> None:
         try:
-            endpoint = (await self._lookup(LISTING_REUSE_SECONDS)).get(self.name)
+            # Another endpoint's listing is shared, unless it is older than the 404 that asked for this one.
+            reuse = min(LISTING_REUSE_SECONDS, self._clock() - self._rechecked_at)
+            endpoint = (await self._lookup(reuse)).get(self.name)
             if endpoint is None:
                 raise VastError("no_endpoint", f"Vast endpoint {self.name!r} does not exist", reason="no_endpoint")
         except VastError as exc:
@@ -303,14 +324,12 @@ class VastEndpoint:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            error = _classify(exc)
-            self._note(error)  # the autoscaler refusing the endpoint's key
-            raise error from None
-        self._note(None)
+            raise self._open_failed(_classify(exc)) from None
         response = result.get("response") if isinstance(result, dict) else None
         if not (result.get("ok") and isinstance(response, dict) and response.get("session_id")):
             status = result.get("status")
-            raise _classify(Exception(f"/session/create answered HTTP {status}"))
+            raise self._open_failed(_classify(Exception(f"/session/create answered HTTP {status}")))
+        self._note(None)
         return GrantedSession(
             session_id=str(response["session_id"]),
             auth_data=dict(result["auth_data"]),

@@ -148,12 +148,16 @@ class Routes:
     async def endpoints(self, request: web.Request) -> web.Response:
         if denied := _authorized(request, {self.config.api_key}):
             return denied
-        return web.json_response({"success": True, "results": [self._listing(e) for e in self.config.endpoints]})
+        return web.json_response({"success": True, "results": [self._listing(e) for e in self._existing()]})
+
+    def _existing(self) -> list[EndpointConfig]:
+        """The account's endpoints, less those a fault deleted."""
+        return [e for e in self.config.endpoints if e.name not in self.faults.deleted_endpoints]
 
     async def endpoint(self, request: web.Request) -> web.Response:
         if denied := _authorized(request, {self.config.api_key}):
             return denied
-        endpoint = next((e for e in self.config.endpoints if str(e.id) == request.match_info["id"]), None)
+        endpoint = next((e for e in self._existing() if str(e.id) == request.match_info["id"]), None)
         if endpoint is None:
             return _error(404, f"endpoint {request.match_info['id']} not found")
         return web.json_response({"success": True, "result": self._listing(endpoint)})
@@ -168,7 +172,7 @@ class Routes:
         if not isinstance(name, str) or not name:
             return _error(422, "endpoint: expected the endpoint's name")
         engine = self.pool.engines.get(name)
-        if engine is None:
+        if engine is None or name in self.faults.deleted_endpoints:
             return _error(404, f"endpoint {name!r} not found")
         if denied := _authorized(request, {engine.endpoint.api_key, self.config.api_key}, body):
             return denied

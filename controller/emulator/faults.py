@@ -7,6 +7,7 @@ Set in the config (`faults:`) or at run time with `POST /_emulator/faults` (same
     stuck_cold_starts: 2          # the next 2 workers to boot never finish loading (true = all)
     resume_failure: 0.5           # the chance a stopped worker's resume fails (null: the config's)
     crash_worker: random          # one-shot: kill a worker (an id, or "random"); `endpoint` narrows it
+    deleted_endpoints: [demo]     # as if deleted in the console: not listed, not routed (404); [] restores
 
 Route faults apply to the emulator's own routes (web API, autoscaler, report routes and the
 in-process workers' routes); a process worker's own HTTP server is a separate process and is not
@@ -60,6 +61,7 @@ class Faults(BaseModel):
     resume_failure: float | None = Field(default=None, ge=0, le=1)
     crash_worker: int | Literal["random"] | None = None
     endpoint: str | None = None  # narrows crash_worker: "random" to one endpoint
+    deleted_endpoints: list[str] = Field(default_factory=list)
     seed: int | None = None
 
     @field_validator("routes")
@@ -78,6 +80,7 @@ class FaultState:
         self.routes: dict[str, RouteFault] = {}
         self.stuck_cold_starts: int | bool = 0
         self.resume_failure: float | None = None
+        self.deleted_endpoints: set[str] = set()
         self.random = random.Random()
         self.update(faults)
 
@@ -89,6 +92,8 @@ class FaultState:
             self.stuck_cold_starts = faults.stuck_cold_starts
         if "resume_failure" in given:
             self.resume_failure = faults.resume_failure
+        if "deleted_endpoints" in given:
+            self.deleted_endpoints = set(faults.deleted_endpoints)
         if faults.seed is not None:
             self.random.seed(faults.seed)
 
@@ -106,6 +111,7 @@ class FaultState:
             "routes": {name: fault.model_dump() for name, fault in self.routes.items()},
             "stuck_cold_starts": self.stuck_cold_starts,
             "resume_failure": self.resume_failure,
+            "deleted_endpoints": sorted(self.deleted_endpoints),
         }
 
     def for_route(self, name: str | None) -> RouteFault | None:

@@ -55,6 +55,28 @@ async def test_a_key_refused_later_turns_readyz_not_ready_once_until_it_is_accep
     assert len(_lines(controller, "Vast accepts this endpoint's calls again")) == 1
 
 
+async def test_an_endpoint_deleted_later_turns_readyz_not_ready_until_it_is_back(emulator, queue, controllers):
+    controller = await controllers(scaler_config(emulator, queue.source_url)).start()
+    await wait_for(lambda: _ready(controller), 20, what="ready")
+    await emulator.set_faults({"deleted_endpoints": ["demo"]})
+    await queue.add(1)  # the open's route answers 404, and the endpoint is listed again: gone
+    await wait_for(lambda: _missing(controller), 30, what="the missing endpoint counted")
+    status, body = await controller.get("/readyz")
+    assert status == 503
+    details = json.loads(body)
+    assert details["not_ready"] == ["jobs"] and details["vast"]["jobs"] == "Vast endpoint 'demo' does not exist"
+    assert len(_lines(controller, "Vast refuses this endpoint's calls")) == 1, "said once, not per retry"
+
+    await emulator.set_faults({"deleted_endpoints": []})
+    await wait_for(lambda: metric_is(controller, "vqs_sessions_open", 1), 120, what="the session once it is back")
+    await wait_for(lambda: _ready(controller), 10, what="ready again")
+    assert len(_lines(controller, "Vast accepts this endpoint's calls again")) == 1
+
+
+async def _missing(controller) -> bool:
+    return await controller.metric("vqs_vast_errors_total", scaler="jobs", op="open", reason="no_endpoint") >= 1
+
+
 async def _ready(controller) -> bool:
     return (await controller.get("/readyz"))[0] == 200
 

@@ -47,6 +47,24 @@ async def test_a_429_from_route_fails_the_sdk_session_at_once_and_faults_load_fr
         assert statuses == {429, 500}
 
 
+async def test_a_deleted_endpoint_is_neither_listed_nor_routed_until_restored():
+    async with running_emulator() as emu:
+        listing = f"{emu.url}/api/v0/endptjobs/?api_key={emu.api_key}"
+        (endpoint,) = (await call("GET", listing))[1]["results"]
+        one = f"{emu.url}/api/v0/endptjobs/{endpoint['id']}/?api_key={emu.api_key}"
+        route = ("POST", f"{emu.url}/route/", {"endpoint": "demo", "api_key": emu.api_key})
+        assert (await call(*route))[0] == 200
+
+        await emu.set_faults({"deleted_endpoints": ["demo"]})
+        assert (await call("GET", listing))[1]["results"] == []
+        assert (await call("GET", one))[0] == 404
+        assert await call(*route) == (404, {"success": False, "error": "endpoint 'demo' not found"})
+
+        await emu.set_faults({"deleted_endpoints": []})
+        assert [e["endpoint_name"] for e in (await call("GET", listing))[1]["results"]] == ["demo"]
+        assert (await call(*route))[0] == 200
+
+
 async def test_a_crashed_worker_loses_its_session_and_the_next_session_gets_another_worker():
     async with running_emulator(**RECOMMENDED_ENDPOINT, cold_start_seconds=0.2) as emu, \
             sdk(emu, max_poll_interval=1.0) as client:  # fmt: skip
