@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,7 +53,10 @@ class SessionRecord:
         return self.session.session_id
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self.session), "opened_at": self.opened_at}
+        # asdict() would deep-copy auth_data for every line written.
+        session = self.session
+        return {"session_id": session.session_id, "auth_data": session.auth_data, "expires_at": session.expires_at,
+                "lifetime": session.lifetime, "opened_at": self.opened_at}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionRecord:

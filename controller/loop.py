@@ -209,7 +209,10 @@ class ScalerLoop:
 
     async def tick(self) -> Decision:
         started = time.monotonic()
-        depths = await asyncio.gather(*(self._read(named) for named in self.sources))
+        if len(self.sources) == 1:  # most scalers: no gather (a task per read) every tick
+            depths: list[QueueDepth | None] = [await self._read(self.sources[0])]
+        else:
+            depths = await asyncio.gather(*(self._read(named) for named in self.sources))
         now = self._clock()
         observation: Observation = [
             SourceDepth(named.name, d, named.weight, named.reserve) for named, d in zip(self.sources, depths, strict=True)

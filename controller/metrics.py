@@ -43,6 +43,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._scalers: set[str] = set()
+        # Each labelled series by (metric, labels): `labels()` validates and locks on every call.
+        self._children: dict[tuple[Any, ...], Any] = {}
         Info("vqs_build", "Version of the running controller.", registry=self.registry).info(
             {"version": __version__}
         )
@@ -140,6 +142,14 @@ class Metrics:
 
         return make
 
+    def _child(self, metric: Any, scaler: str, *labels: str) -> Any:
+        """`metric.labels(scaler, *labels)`, looked up once (and the scaler's series created on first sight)."""
+        key = (metric, scaler, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self._scaler(scaler), *labels)
+        return child
+
     def _scaler(self, scaler: str) -> str:
         """Create a scaler's series at zero on first sight."""
         if scaler not in self._scalers:
@@ -165,58 +175,54 @@ class Metrics:
 
     def record_read(self, scaler: str, depth: QueueDepth | None, seconds: float, now: float) -> None:
         """One depth read; `depth=None` is a failed read (the queue gauges keep their last value)."""
-        scaler = self._scaler(scaler)
-        self.read_duration.labels(scaler).observe(seconds)
+        self._child(self.read_duration, scaler).observe(seconds)
         if depth is None:
-            self.read_errors.labels(scaler).inc()
+            self._child(self.read_errors, scaler).inc()
             return
-        self.queue_waiting.labels(scaler).set(depth.waiting)
-        self.queue_in_flight.labels(scaler).set(depth.in_flight)
-        self.last_read.labels(scaler).set(now)
+        self._child(self.queue_waiting, scaler).set(depth.waiting)
+        self._child(self.queue_in_flight, scaler).set(depth.in_flight)
+        self._child(self.last_read, scaler).set(now)
 
     def set_source_missing(self, scaler: str, source: str, missing: bool) -> None:
-        self.source_missing.labels(self._scaler(scaler), source).set(1 if missing else 0)
+        self._child(self.source_missing, scaler, source).set(1 if missing else 0)
 
     def record_decision(self, scaler: str, decision: Decision) -> None:
-        scaler = self._scaler(scaler)
-        self.target_sessions.labels(scaler).set(decision.target)
-        self.decisions.labels(scaler, decision_action(decision)).inc()
+        self._child(self.target_sessions, scaler).set(decision.target)
+        self._child(self.decisions, scaler, decision_action(decision)).inc()
         learned = decision.state.learned
         if learned.startup.measured:
-            self.startup.labels(scaler, "resume").set(learned.startup.resume)
-            self.startup.labels(scaler, "cold").set(learned.startup.cold)
-            self.startup_share.labels(scaler, "warm").set(learned.startup.warm_share)
-            self.startup_share.labels(scaler, "cold").set(learned.startup.cold_share)
-            self.startup_lead.labels(scaler).set(learned.startup.lead)
+            self._child(self.startup, scaler, "resume").set(learned.startup.resume)
+            self._child(self.startup, scaler, "cold").set(learned.startup.cold)
+            self._child(self.startup_share, scaler, "warm").set(learned.startup.warm_share)
+            self._child(self.startup_share, scaler, "cold").set(learned.startup.cold_share)
+            self._child(self.startup_lead, scaler).set(learned.startup.lead)
         terms = dict(decision.terms)
         if learned.wait is not None:
-            self.late_share.labels(scaler).set(learned.wait.late_share)
-            self.wait_price.labels(scaler).set(learned.wait.price)
-            self.spares.labels(scaler).set(terms.get("spares", 0))
+            self._child(self.late_share, scaler).set(learned.wait.late_share)
+            self._child(self.wait_price, scaler).set(learned.wait.price)
+            self._child(self.spares, scaler).set(terms.get("spares", 0))
         if "forecast" in terms:
-            self.forecast.labels(scaler).set(terms["forecast"])
-            self.forecast_weight.labels(scaler).set(terms["forecast_weight"])
+            self._child(self.forecast, scaler).set(terms["forecast"])
+            self._child(self.forecast_weight, scaler).set(terms["forecast_weight"])
 
     def watch_supply(self, scaler: str, supply: Callable[[], Supply] | None) -> None:
         """Read the sessions gauges from the pool at scrape time (None: the pool is gone, 0)."""
-        scaler = self._scaler(scaler)
         read = supply or (lambda: Supply(0, 0))
-        self.sessions_open.labels(scaler).set_function(lambda: read().open)
-        self.sessions_opening.labels(scaler).set_function(lambda: read().opening)
+        self._child(self.sessions_open, scaler).set_function(lambda: read().open)
+        self._child(self.sessions_opening, scaler).set_function(lambda: read().opening)
 
     def record_loop(self, scaler: str, seconds: float) -> None:
-        self.loop_duration.labels(self._scaler(scaler)).observe(seconds)
+        self._child(self.loop_duration, scaler).observe(seconds)
 
     def set_paused(self, scaler: str, paused: bool) -> None:
-        self.paused.labels(self._scaler(scaler)).set(1 if paused else 0)
+        self._child(self.paused, scaler).set(1 if paused else 0)
 
     # -- the session pools ---------------------------------------------------------------------
 
     def session_opened(self, scaler: str, seconds: float) -> None:
         """A session was granted `seconds` after it was requested (also kept for the policy)."""
-        scaler = self._scaler(scaler)
-        self.opened.labels(scaler).inc()
-        self.open_duration.labels(scaler).observe(seconds)
+        self._child(self.opened, scaler).inc()
+        self._child(self.open_duration, scaler).observe(seconds)
         self._startups.setdefault(scaler, deque(maxlen=256)).append(seconds)
 
     def take_startups(self, scaler: str) -> tuple[float, ...]:
@@ -229,35 +235,35 @@ class Metrics:
         return taken
 
     def session_closed(self, scaler: str, reason: str) -> None:
-        self.closed.labels(self._scaler(scaler), reason).inc()
+        self._child(self.closed, scaler, reason).inc()
 
     def session_open_failed(self, scaler: str, reason: str) -> None:
-        self.open_failures.labels(self._scaler(scaler), reason).inc()
+        self._child(self.open_failures, scaler, reason).inc()
 
     def session_rerouted(self, scaler: str) -> None:
-        self.reroutes.labels(self._scaler(scaler)).inc()
+        self._child(self.reroutes, scaler).inc()
 
     def endpoint_parameters(self, scaler: str, mismatched: dict[str, bool]) -> None:
         """Per checked parameter: whether it differs from the recommended value."""
-        scaler = self._scaler(scaler)
+        self._scaler(scaler)
         for parameter, differs in mismatched.items():
-            self.endpoint_mismatch.labels(scaler, parameter).set(1 if differs else 0)
+            self._child(self.endpoint_mismatch, scaler, parameter).set(1 if differs else 0)
 
     def keepalive(self, scaler: str, result: str) -> None:
-        self.keepalives.labels(self._scaler(scaler), result).inc()
+        self._child(self.keepalives, scaler, result).inc()
 
     def vast_error(self, scaler: str, op: str, reason: str) -> None:
-        self.vast_errors.labels(self._scaler(scaler), op, reason).inc()
+        self._child(self.vast_errors, scaler, op, reason).inc()
 
     def set_renewals_behind(self, scaler: str, behind: bool) -> None:
-        self.renewals_behind.labels(self._scaler(scaler)).set(1 if behind else 0)
+        self._child(self.renewals_behind, scaler).set(1 if behind else 0)
 
     def ledger_written(self, scaler: str) -> None:
-        self.ledger_writes.labels(self._scaler(scaler)).inc()
+        self._child(self.ledger_writes, scaler).inc()
 
     def sessions_adopted(self, scaler: str, n: int) -> None:
-        self.adopted.labels(self._scaler(scaler)).inc(n)
+        self._child(self.adopted, scaler).inc(n)
 
     def session_seconds(self, scaler: str, seconds: float) -> None:
         # A wall clock stepping back yields a negative span; a counter must never go down.
-        self.held_seconds.labels(self._scaler(scaler)).inc(max(0.0, seconds))
+        self._child(self.held_seconds, scaler).inc(max(0.0, seconds))

@@ -311,8 +311,12 @@ class SessionPool:
 
     async def maintain(self) -> None:
         """Forever: keep leases in [0.5, 1.5] x lease, detect released and expired sessions."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.tick_seconds)
+            # On a grid of the loop's clock, not a tick after the last one: every pool with the
+            # same tick wakes in one turn of the loop and their renewals go out together. Waking
+            # an idle process costs about 0.1 ms of CPU on a small VM: once per tick, not per pool.
+            await asyncio.sleep(self.tick_seconds - loop.time() % self.tick_seconds)
             self.tick()
 
     def tick(self) -> None:
