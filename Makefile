@@ -49,7 +49,7 @@ bench-week: $(VENV)/.installed-demo
 bench-reaction: $(VENV)/.installed-demo
 	$(PY) bench/reaction.py
 
-# The controller at 1,000, 5,000 and 10,000 sessions, and starved of CPU (about 10 minutes).
+# The controller at 1,000, 5,000 and 10,000 sessions, and starved of CPU (about 11 minutes).
 bench-scale: $(VENV)/.installed-demo
 	$(PY) bench/scale.py
 

@@ -10,7 +10,7 @@ Then a starved run: the same controller held to a fraction of one CPU (stopped a
 in a duty cycle, as `cpulimit` does) while it ramps up. It must fall behind, say so, stop opening
 until renewals catch up, and lose no session for want of a renewal.
 
-Writes bench/scale.md. Needs a Redis on 127.0.0.1:6379 (or REDIS_URL). About 9 minutes.
+Writes bench/scale.md. Needs a Redis on 127.0.0.1:6379 (or REDIS_URL). About 11 minutes.
 
     python bench/scale.py [--quick]
 """
@@ -255,15 +255,15 @@ def report(results: list[Result], starved: Result, share: float) -> str:
         "# The controller at scale", "",
         "`make bench-scale` (bench/scale.py): the real controller against the in-process emulator (a",
         "process of its own), one Redis list of 200 waiting units per scaler, 200 sessions per scaler",
-        f"at a {LEASE:.0f} s lease, close callbacks on. CPU is the controller's own over a steady window",
-        "after the ramp (utime + stime from /proc), RSS the most seen; the tick is the scaler loop's",
+        f"at a {LEASE:.0f} s lease, close callbacks on. CPU is the controller's own over a steady window of",
+        "two leases after the ramp (utime + stime from /proc), RSS the most seen; the tick is the scaler loop's",
         "(read, decide, act); expired or lost counts sessions that ended for want of a renewal; the",
         "ledger files are compared with the sessions on the emulator's workers at the end, and the",
         "`vqs_sessions_open` gauge with them at every scrape of the steady window.", "",
         *rows, "",
         f"The starved run holds the controller to {share:.1%} of one CPU (SIGSTOP/SIGCONT every 100 ms)",
         f"from its start: {STARVED_HEADROOM:g} x what its renewals need at steady state (twice the 1,000 run's CPU),",
-        "so they fit, but not together with 2,000 opens at once. Its pools said they were behind",
+        "so they fit, and the ramp's opens compete with them. Its pools said they were behind",
         f"(`renewals are behind`: no opens until renewals catch up) {starved.behind_episodes} time(s);",
         f"{starved.expired} session(s) expired or were lost, {starved.opened:,} were opened for {starved.sessions:,} wanted.", "",
         *(["Notes:", *notes, ""] if notes else []),
@@ -280,7 +280,9 @@ STARVED_HEADROOM = 1.5
 
 async def main(quick: bool) -> int:
     sizes = [("1,000 (5 x 200)", 5), ("5,000 (25 x 200)", 25), ("10,000 (50 x 200)", 50)]
-    steady = 30.0 if quick else 90.0
+    # Whole leases: sessions opened in one ramp renew in waves a lease apart, so a window of 1.5
+    # leases would hold two waves and read a third more renewals than steady state has.
+    steady = 30.0 if quick else 2 * LEASE
     results = []
     for name, scalers in sizes[:1] if quick else sizes:
         print(f"{name}: ramp, then {steady:.0f} s steady", file=sys.stderr, flush=True)
