@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: The exit status when Vast refuses the API key or an endpoint does not exist (as for a bad config).
 EXIT_REFUSED = 2
-#: Allocations between two passes of the collector over young objects (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
 
 
 class Controller:
@@ -89,7 +86,6 @@ async def run(config: Config, reload: Callable[[], Config] | None = None) -> int
     try:
         controller = Controller(config)
         await _preflight(controller.vast, config)
-        _settle_collector()
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: controller.control.reload(reload))
         await controller.run(stop)
@@ -101,16 +97,6 @@ async def run(config: Config, reload: Callable[[], Config] | None = None) -> int
         log.error("cannot start", extra={"error": str(exc)})
         return 1
     return 0
-
-
-def _settle_collector() -> None:
-    """Fewer, cheaper passes of the cyclic garbage collector (in a run to 2,000 sessions they took
-    about a fifth of the controller's CPU; this cuts that seven-fold). What is loaded and built at
-    start (modules, config, clients) lives as long as the process, so full passes skip it; young
-    objects are mostly freed by their reference counts, so they are looked at every
-    GC_YOUNG_THRESHOLD allocations, not every 700."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _preflight(vast: VastClient, config: Config) -> None:
