@@ -406,7 +406,7 @@ def _learn(learned: Learned, work: _Work, now: float, config: PolicyConfig, poll
     assert config.wait_target is not None
     wait, arrived = policy_wait.update(
         learned.wait or WaitState(), now, work.waiting, work.in_flight, work.oldest_age,
-        config.wait_target, config.wait_window, poll,
+        config.wait_target, config.wait_window, poll, learned.startup.lead,
     )  # fmt: skip
     profile = learned.profile
     if config.forecast and wait.at is not None:

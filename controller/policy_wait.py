@@ -22,8 +22,10 @@ many units, where they are rare it saves few: they go where they are cheapest pe
 which is how a share of late units is met at the least cost (the Lagrangian of "at most that
 share late"). The price is learned (integral control on its log): late units raise it and units
 on time lower it, each by a step sized to the units `wait_window` holds, so that the late share
-settles at AIM x (1 - quantile). Learning corrects whatever the model gets wrong (bursts, service
-times, a source's quirks).
+settles at the allowed share less a margin for the noise of a day's units (MARGIN_Z). Units
+late within a start-up of the first reading do not count: no pool could have saved them, and a
+price wound up by them would take hours to come down (anti-windup). Learning corrects whatever
+the model gets wrong (bursts, service times, a source's quirks).
 
 **Late units from depth readings.** The queue is served oldest first, so the units that arrived
 T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
@@ -45,10 +47,11 @@ from controller.config import WaitTarget
 from controller.identity import Same
 from controller.policy_startup import StartupState
 
-#: The late share the price aims at, as a fraction of the allowed one: noise around it stays
-#: within. The late count already errs late (a unit waiting a poll short of the target counts),
-#: so a tenth of margin is enough; a fifth bought spares for waits well under the target.
-AIM = 0.9
+#: The late share the price aims at is the allowed one less this many standard deviations of the
+#: late share of a day's units (a one-sided 95% bound): a day of 360 units at p95 aims at 3.1%
+#: late, one of 10,000 at 4.6%. Few units make a noisy share, so they need the margin; many
+#: would only pay for it. Never below a quarter of the allowed share.
+MARGIN_Z = 1.645
 #: A wait window of units all on time lowers the price STEP x STEP times.
 STEP = 4.0
 #: A window counts as holding at least this many units: the first few do not swing the price.
@@ -110,10 +113,10 @@ class WaitState:
 
 def update(
     state: WaitState, now: float, waiting: int, in_flight: int, oldest_age: float | None,
-    target: WaitTarget, window: float, poll: float,
+    target: WaitTarget, window: float, poll: float, startup: float,
 ) -> tuple[WaitState, float]:  # fmt: skip
     """The state after one good reading, and the arrivals it counted; `poll` is the longest
-    time between readings."""
+    time between readings, `startup` how long a session opened now takes (the lead time)."""
     total = float(waiting + in_flight)
     if state.at is None:
         # After a restart the averages carry on (they are what was learned); the window of
@@ -132,10 +135,15 @@ def update(
     # `recent` runs oldest first: the due readings are a prefix. (Counts are whole numbers, so
     # the sums are exact in any order.)
     split, due, since = 0, 0.0, arrived
+    # Anti-windup: units that arrived within a start-up of the first reading were late whatever
+    # the pool (its sessions were starting too), so they do not raise the price. After a
+    # restart `since` lies a window back: the units count at once.
+    saveable = -math.inf if state.since is None else state.since + startup
     for at, count in state.recent:
         if at <= cutoff:
             split += 1
-            due += count
+            if at >= saveable:
+                due += count
         else:
             since += count
     kept = state.recent[split:]
@@ -150,17 +158,20 @@ def update(
     if arrived or late:
         # The window's units: the average, corrected for how little of a window (of a day) has
         # been seen; at least what a window holds on an average day's hour.
-        units = 0.0
+        units, per_day = 0.0, 0.0
         if state.since is not None:
             age = now - state.since
-            units = window * max(seen / -math.expm1(-age / window), daily / -math.expm1(-age / DAY))
+            per_second = daily / -math.expm1(-age / DAY)
+            units, per_day = window * max(seen / -math.expm1(-age / window), per_second), DAY * per_second
         # Every unit lowers the log of the price a little, every late unit raises it by
         # (1 - aim) / aim times as much: it stands still at the aimed late share. A window of
         # units all on time lowers it STEP x STEP times. Without units nothing moves it. The
         # price is one for every hour (what a late unit is worth, as the target is one quantile
         # over all units), so a quiet hour's few units move it as little each as a busy hour's:
         # it does not chase the late share of the hour.
-        aim = AIM * (1 - target.quantile)
+        allowed = 1 - target.quantile
+        noise = math.sqrt(allowed * target.quantile / max(1.0, per_day))
+        aim = max(allowed / 4, allowed - MARGIN_Z * noise)
         step = 2 * math.log(STEP) / max(MIN_UNITS, units)
         price *= math.exp(step * (late * (1 - aim) / aim - (arrived - late)))
     return WaitState(

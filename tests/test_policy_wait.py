@@ -76,7 +76,7 @@ def late_units(readings: list[tuple[float, int, int]], oldest: list[float | None
     for index, (at, waiting, in_flight) in enumerate(readings):
         before = state
         age = None if oldest is None else oldest[index]
-        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600, 1.0)
+        state, _ = policy_wait.update(state, at, waiting, in_flight, age, P95_10, 3600, 1.0, startup=0.0)
         if before.at is not None:
             dt = at - before.at
             rate = -math.expm1(-dt / 3600)
@@ -110,7 +110,7 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
             arrivals = range(max(0, t - wait - 3) // 2 * 2, t + 1, 2)
             waiting = sum(a <= t < a + wait for a in arrivals)
             in_flight = sum(a + wait <= t < a + wait + 2 for a in arrivals)
-            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0)
+            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0, startup=0.0)
         return state
 
     late = stream(WaitState(), 0, 1200, wait=15)
@@ -119,7 +119,7 @@ def test_the_price_rises_with_late_units_and_falls_when_all_are_on_time() -> Non
     assert on_time.price < late.price
     quiet = on_time
     for t in range(2400, 3600):  # nothing arrives: nothing to learn from
-        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600, 1.0)
+        quiet, _ = policy_wait.update(quiet, float(t), 0, 0, None, P95_10, 600, 1.0, startup=0.0)
     assert quiet.price == on_time.price
 
 
@@ -128,11 +128,43 @@ def test_a_late_unit_of_a_quiet_hour_moves_the_price_as_little_as_one_of_a_busy_
     # whole day's quantile, so its step is sized to the day's units, not to the quiet hour's.
     def after_a_late_unit(daily: float) -> float:
         state = WaitState(at=0.0, since=-86400.0, total=1.0, seen=1 / 60, daily=daily, recent=((-30.0, 1.0),))
-        state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0)
+        state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0, startup=0.0)
         return math.log(state.price / policy_wait.PRICE_START)
 
     quiet_day, busy_day = after_a_late_unit(1 / 60), after_a_late_unit(10 / 60)
     assert quiet_day > 5 * busy_day > 0  # ten times the units: a tenth of the step
+
+
+def test_units_late_within_a_startup_of_the_first_reading_do_not_raise_the_price() -> None:
+    # A unit every 2 s, each waiting 15 s (late for a 10 s target), from the first reading on:
+    # a pool's sessions would have been starting too, so no price could have saved them.
+    def price_after(state: WaitState, start: int, end: int, startup: float) -> float:
+        for t in range(start, end):
+            arrivals = range(max(0, t - 18) // 2 * 2, t + 1, 2)
+            waiting = sum(a <= t < a + 15 for a in arrivals)
+            in_flight = sum(a + 15 <= t < a + 17 for a in arrivals)
+            state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0, startup)
+        return state.price
+
+    assert price_after(WaitState(), 0, 150, startup=240.0) < policy_wait.PRICE_START  # only units on time counted
+    assert price_after(WaitState(), 0, 150, startup=0.0) > policy_wait.PRICE_START
+    assert price_after(WaitState(), 0, 400, startup=240.0) > policy_wait.PRICE_START  # later ones count
+    # After a restart the learned state goes on: late units count at once.
+    restored = WaitState.from_json(WaitState(seen=0.5, daily=0.5).as_json())
+    assert price_after(restored, 0, 150, startup=240.0) > policy_wait.PRICE_START
+
+
+def test_a_day_of_few_units_aims_at_a_lower_late_share_than_a_busy_one() -> None:
+    # One late unit in 25 (4%, under the 5% a p95 allows): with a few hundred units a day that is
+    # too close to 5% for the day's p95 to hold, with ten thousand it leaves room.
+    def price_step(per_day: float) -> float:
+        daily = per_day / 86400
+        state = WaitState(at=0.0, since=-86400.0, total=25.0, seen=daily, daily=daily, recent=((-30.0, 25.0),))
+        state, arrived = policy_wait.update(state, 1.0, 26, 24, None, P95_10, 3600, 1.0, startup=0.0)
+        assert arrived == 25 and state.late > 0
+        return state.price / policy_wait.PRICE_START
+
+    assert price_step(360) > 1 > price_step(10_000)
 
 
 def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrivals() -> None:
