@@ -334,3 +334,27 @@ async def test_shutdown_with_release_closes_every_session(pool, endpoint, ledger
     await settle(pool)
     await pool.shutdown(release=True)
     assert not endpoint.expires and await stored(pool, ledger_dir) == set()
+
+
+async def test_a_cancelled_open_whose_cancel_the_client_turned_into_an_error_is_not_tried_again(pool, endpoint):
+    # On Python 3.11 a client library can swallow a cancel (asyncio.wait_for) and fail instead:
+    # the retry loop must still end, or a dropped request opens a session later.
+    tries = 0
+
+    async def open_swallowing_the_cancel(**_: Any) -> GrantedSession:
+        nonlocal tries
+        tries += 1
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            raise VastError("timeout", "the call was cut short") from None
+        raise AssertionError("unreachable")
+
+    endpoint.open_session = open_swallowing_the_cancel
+    pool.apply(decision(open=1))
+    await asyncio.sleep(0)
+    pool.apply(decision(cancel=1))
+    await settle(pool)
+    for _ in range(20):  # room for a retry that should not come
+        await asyncio.sleep(0)
+    assert tries == 1 and pool.supply.opening == 0
