@@ -9,9 +9,10 @@ it, whichever comes first. It waits longer than the target T when both are late:
 
     P_late(n) = slow x sum over N >= n of P(N) x P(Poisson(n x (T - poll) / service) < N - n + 1)
 
-`slow` is the measured share of session requests granted later than T (a poll included): not
-granted at once (`warm`, a worker released moments ago) and with a start-up R + poll > T, from
-the measured spread of request-to-grant times (controller/policy_startup.py). This is square-root
+`slow` is the share of the measured start-ups R (controller/policy_startup.py) with R + poll > T.
+Grants at once (`warm`: a worker released moments ago) are left out: they are mostly the pool
+taking back a worker its own unit just released, and a unit that finds every session taken
+seldom finds such a worker (counted, they made a trickle's idle pool look safe). This is square-root
 staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
 with the load, its free sessions with about the square root of it.
 
@@ -23,7 +24,7 @@ which is how a share of late units is met at the least cost (the Lagrangian of "
 share late"). The price is learned (integral control on its log): late units raise it and units
 on time lower it, each by a step sized to the units `wait_window` holds, so that the late share
 settles at the allowed share less a margin for the noise of a day's units (MARGIN_Z). Units
-late within a start-up of the first reading do not count: no pool could have saved them, and a
+late within a start-up of the first unit do not count: no pool could have saved them, and a
 price wound up by them would take hours to come down (anti-windup). Learning corrects whatever
 the model gets wrong (bursts, service times, a source's quirks).
 
@@ -78,6 +79,7 @@ class WaitState:
 
     at: float | None = None
     since: float | None = None  # the first reading after a (re)start
+    first: float | None = None  # the first arrival a fresh state saw (None after a restart)
     total: float = 0.0
     rate: float = 0.0  # arrivals per second over RATE_WINDOW
     busy: float = 0.0  # units in flight, averaged over wait_window
@@ -135,10 +137,11 @@ def update(
     # `recent` runs oldest first: the due readings are a prefix. (Counts are whole numbers, so
     # the sums are exact in any order.)
     split, due, since = 0, 0.0, arrived
-    # Anti-windup: units that arrived within a start-up of the first reading were late whatever
-    # the pool (its sessions were starting too), so they do not raise the price. After a
-    # restart `since` lies a window back: the units count at once.
-    saveable = -math.inf if state.since is None else state.since + startup
+    # Anti-windup: with no traffic seen there is no pool, and the first one sized from it is
+    # ready a start-up later; units late before then were late whatever the price, so they do
+    # not raise it. A restored state has seen traffic: its units count at once.
+    first = now if state.first is None and state.seen == 0 and arrived else state.first
+    saveable = -math.inf if first is None else first + startup
     for at, count in state.recent:
         if at <= cutoff:
             split += 1
@@ -177,6 +180,7 @@ def update(
     return WaitState(
         at=now,
         since=state.since,
+        first=first,
         total=total,
         rate=state.rate + fast * (arrived / dt - state.rate),
         busy=state.busy + slow * (in_flight - state.busy),
@@ -198,12 +202,12 @@ def late_chance(
 
 def _slow(target: float, poll: float, startup: StartupState) -> float:
     """The share of session requests granted later than `target` (a poll included)."""
-    return _slow_share(target, poll, startup.spread, startup.warm_share)
+    return _slow_share(target, poll, startup.spread)
 
 
 @lru_cache(maxsize=256)
-def _slow_share(target: float, poll: float, spread: tuple[tuple[float, float], ...], warm: float) -> float:
-    return (1 - warm) * sum(share for share, seconds in spread if seconds + poll > target)
+def _slow_share(target: float, poll: float, spread: tuple[tuple[float, float], ...]) -> float:
+    return sum(share for share, seconds in spread if seconds + poll > target)
 
 
 def _late(pmf: tuple[float, ...], service: float, target: float, poll: float, slow: float, pool: int) -> float:

@@ -135,23 +135,26 @@ def test_a_late_unit_of_a_quiet_hour_moves_the_price_as_little_as_one_of_a_busy_
     assert quiet_day > 5 * busy_day > 0  # ten times the units: a tenth of the step
 
 
-def test_units_late_within_a_startup_of_the_first_reading_do_not_raise_the_price() -> None:
-    # A unit every 2 s, each waiting 15 s (late for a 10 s target), from the first reading on:
-    # a pool's sessions would have been starting too, so no price could have saved them.
-    def price_after(state: WaitState, start: int, end: int, startup: float) -> float:
-        for t in range(start, end):
-            arrivals = range(max(0, t - 18) // 2 * 2, t + 1, 2)
+def test_units_late_within_a_startup_of_the_first_unit_do_not_raise_the_price() -> None:
+    # A unit every 2 s from `traffic` on, each waiting 15 s (late for a 10 s target): before the
+    # first unit there was nothing to size a pool from, and one sized from it is ready a start-up
+    # later, so no price could have saved the units before then.
+    def price_after(state: WaitState, traffic: int, end: int, startup: float) -> float:
+        for t in range(0, end):
+            arrivals = range(traffic, t + 1, 2)
             waiting = sum(a <= t < a + 15 for a in arrivals)
             in_flight = sum(a + 15 <= t < a + 17 for a in arrivals)
             state, _ = policy_wait.update(state, float(t), waiting, in_flight, None, P95_10, 600, 1.0, startup)
         return state.price
 
-    assert price_after(WaitState(), 0, 150, startup=240.0) < policy_wait.PRICE_START  # only units on time counted
-    assert price_after(WaitState(), 0, 150, startup=0.0) > policy_wait.PRICE_START
-    assert price_after(WaitState(), 0, 400, startup=240.0) > policy_wait.PRICE_START  # later ones count
+    assert price_after(WaitState(), 2, 150, startup=240.0) < policy_wait.PRICE_START  # only units on time counted
+    assert price_after(WaitState(), 2, 150, startup=0.0) > policy_wait.PRICE_START
+    assert price_after(WaitState(), 2, 400, startup=240.0) > policy_wait.PRICE_START  # later ones count
+    # A scaler started an hour before its traffic: the same.
+    assert price_after(WaitState(), 3600, 3750, startup=240.0) < policy_wait.PRICE_START
     # After a restart the learned state goes on: late units count at once.
     restored = WaitState.from_json(WaitState(seen=0.5, daily=0.5).as_json())
-    assert price_after(restored, 0, 150, startup=240.0) > policy_wait.PRICE_START
+    assert price_after(restored, 2, 150, startup=240.0) > policy_wait.PRICE_START
 
 
 def test_a_day_of_few_units_aims_at_a_lower_late_share_than_a_busy_one() -> None:
@@ -186,6 +189,16 @@ def test_the_late_chance_falls_with_each_session_of_the_pool_to_zero() -> None:
     values = [policy_wait.late_chance(0.2, 60, 10, 1, StartupState(), n) for n in range(60)]
     assert values[0] == pytest.approx(1.0) and values[-1] < 1e-6
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_a_unit_that_finds_the_pool_full_waits_a_start_up_however_many_grants_were_warm() -> None:
+    # Grants at once are the pool taking back a worker its own unit just released: they do not
+    # make a unit that finds no free session any likelier to find a ready worker.
+    resumes = observe(StartupState(), [30.0] * 50)
+    mostly_warm = observe(resumes, [0.5] * 200)
+    assert mostly_warm.warm_share > 0.9
+    empty_pool = [policy_wait.late_chance(1 / 240, 30, 10, 1, state, 0) for state in (resumes, mostly_warm)]
+    assert empty_pool == [pytest.approx(1.0), pytest.approx(1.0)]
 
 
 def test_completions_within_the_target_serve_a_unit_that_finds_the_pool_full() -> None:
