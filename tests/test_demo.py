@@ -21,7 +21,7 @@ from support import eventually, free_port
 from controller.cli import main as cli_main
 from controller.demo.live import Display, Snapshot, line, render
 from controller.demo.load import Job, TraceError, from_csv, trapezoid
-from controller.demo.observe import billing, parse_metrics, sessions_held, workers_by_state
+from controller.demo.observe import billing, parse_metrics, sessions_held, settled_state, workers_by_state
 from controller.demo.processes import DemoError
 from controller.demo.producer import Producer, create_group, pending, read_results
 from controller.demo.queue import Queue, open_queue, start_embedded
@@ -209,6 +209,33 @@ def test_emulator_state_reading() -> None:
     assert sessions_held(state, "demo") == 1
     assert billing(state, "demo") == {"ready_seconds": 12.0, "loading_seconds": 3.5}
     assert workers_by_state(state, "missing") == {}
+
+
+class ReportingEmulator:
+    """An emulator whose workers report the sessions ended at stop one read at a time."""
+
+    def __init__(self, held: list[int]):
+        self.held, self.reads = held, 0
+
+    async def state(self) -> dict[str, object]:
+        held = self.held[min(self.reads, len(self.held) - 1)]
+        self.reads += 1
+        return {"endpoints": [{"name": "demo", "workers": [{"sessions": [{"session_id": "s"}] * held}]}]}
+
+
+async def test_sessions_closed_at_stop_are_not_said_left_open_before_their_workers_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A controller that closes its sessions and exits at once: the emulator hears of the ends
+    within a worker report (0.1 s), not by the time the demo reads it (gc.freeze made this show)."""
+    monkeypatch.setattr("controller.demo.observe.SETTLE_POLL", 0.0)
+    emulator = ReportingEmulator([4, 1, 0])
+    assert sessions_held(await settled_state(emulator, "demo"), "demo") == 0
+    assert emulator.reads == 3
+    # A session the controller did leave open still shows once the bound has passed.
+    left_open = ReportingEmulator([1])
+    assert sessions_held(await settled_state(left_open, "demo", within=0.0), "demo") == 1
+    assert left_open.reads == 1
 
 
 SNAPSHOT = Snapshot(

@@ -15,6 +15,10 @@ from controller.demo.report import Sample
 from controller.sources import Source, SourceError
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=3)
+#: The emulator hears that a session ended from its worker's next report (the null worker sends
+#: them every 0.1 s, retried): a session the controller closed just before it exited may still
+#: show for a moment, longer on a busy machine.
+SETTLE_SECONDS, SETTLE_POLL = 2.0, 0.1
 
 
 class ObserveError(Exception):
@@ -65,6 +69,17 @@ def sessions_held(state: dict[str, Any], endpoint: str) -> int:
         if entry.get("name") == endpoint:
             return sum(len(worker.get("sessions", [])) for worker in entry.get("workers", []))
     return 0
+
+
+async def settled_state(emulator: Any, endpoint: str, within: float = SETTLE_SECONDS) -> dict[str, Any]:
+    """The emulator's state once its workers have reported the sessions that ended: read until
+    none of `endpoint`'s shows, or for `within` seconds (then what still shows was left open)."""
+    deadline = time.monotonic() + within
+    while True:
+        state = await emulator.state()
+        if sessions_held(state, endpoint) == 0 or time.monotonic() >= deadline:
+            return state
+        await asyncio.sleep(SETTLE_POLL)
 
 
 class Observer:

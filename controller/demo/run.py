@@ -28,7 +28,7 @@ import yaml
 
 from controller.demo.live import Display, Snapshot
 from controller.demo.load import Job, TraceError, from_csv, trapezoid
-from controller.demo.observe import ObserveError, Observer, billing, sessions_held
+from controller.demo.observe import ObserveError, Observer, billing, sessions_held, settled_state
 from controller.demo.processes import ControllerProcess, DemoError
 from controller.demo.producer import Producer, create_group, pending, read_results
 from controller.demo.queue import open_queue
@@ -233,7 +233,7 @@ async def _with_emulator(
     except Stalled as exc:
         # Stopping the controller closes its sessions (on_shutdown: release); say whether it did.
         await controller.stop()
-        left = sessions_held(await emulator.state(), ENDPOINT)
+        left = sessions_held(await settled_state(emulator, ENDPOINT), ENDPOINT)
         ending = "every session is closed" if left == 0 else f"{left} sessions were still open when the emulator stopped"
         raise DemoError(f"{await exc.cause(client, stream, run.samples)}; stopped, {ending}") from None
     finally:
@@ -243,7 +243,7 @@ async def _with_emulator(
         await observer.source.close()
     if code not in (0, None):
         display.message(f"the controller exited with {code}; see {controller.log_path}")
-    state = await emulator.state()
+    state = await settled_state(emulator, ENDPOINT)
     # The emulator's view (workers, billing, every session event) for a closer look afterwards.
     (out / "emulator-state.json").write_text(json.dumps(state, indent=1) + "\n")
     unfinished = await pending(client, stream, GROUP)
