@@ -12,8 +12,8 @@ it, whichever comes first. It waits longer than the target T when both are late:
 `slow` is the share of the measured start-ups R (controller/policy_startup.py) with R + poll > T.
 Grants at once (`warm`: a worker released moments ago) are left out: they are mostly the pool
 taking back a worker its own unit just released, and a unit that finds every session taken
-seldom finds such a worker (counted, they made a trickle's idle pool look safe). This is square-root
-staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
+seldom finds such a worker (counted, they made a trickle's idle pool look safe). This is
+square-root staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
 with the load, its free sessions with about the square root of it.
 
 **The price.** Free sessions cost worker-seconds, late units break the target; the policy holds
@@ -201,7 +201,7 @@ def late_chance(
 
 
 def _slow(target: float, poll: float, startup: StartupState) -> float:
-    """The share of session requests granted later than `target` (a poll included)."""
+    """The share of start-ups (grants at once left out) longer than `target` (a poll included)."""
     return _slow_share(target, poll, startup.spread)
 
 
