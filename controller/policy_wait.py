@@ -13,8 +13,8 @@ it, whichever comes first. It waits longer than the target T when both are late:
 Grants at once (`warm`: a worker released moments ago) are left out: they are mostly the pool
 taking back a worker its own unit just released, and a unit that finds every session taken
 seldom finds such a worker (counted, they made a trickle's idle pool look safe). This is
-square-root staffing's model, with the completions and the start-ups of this endpoint in it: the pool grows
-with the load, its free sessions with about the square root of it.
+square-root staffing's model, with the completions and the start-ups of this endpoint in it: the
+pool grows with the load, its free sessions with about the square root of it.
 
 **The price.** Free sessions cost worker-seconds, late units break the target; the policy holds
 the pool worth most: rate x price x (P_late(0) - P_late(n)) - E[(n - N)+] at its largest, `price`
