@@ -125,6 +125,10 @@ class Metrics:
         self.late_share = gauge(
             "vqs_wait_late_share", "With wait_target: share of units that waited past the target, over wait_window."
         )
+        self.late_share_aim = gauge(
+            "vqs_wait_late_share_aim",
+            "With wait_target: the late share the price aims at (the allowed share less a margin for a day's units).",
+        )
         self.wait_price = gauge(
             "vqs_wait_price_seconds", "With wait_target: worker-seconds a late unit is worth, as learned."
         )
@@ -200,6 +204,8 @@ class Metrics:
         if learned.wait is not None:
             self._child(self.late_share, scaler).set(learned.wait.late_share)
             self._child(self.wait_price, scaler).set(learned.wait.price)
+            if learned.wait.aim is not None:
+                self._child(self.late_share_aim, scaler).set(learned.wait.aim)
             self._child(self.spares, scaler).set(terms.get("spares", 0))
         if "forecast" in terms:
             self._child(self.forecast, scaler).set(terms["forecast"])

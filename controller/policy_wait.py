@@ -87,6 +87,7 @@ class WaitState:
     daily: float = 0.0  # arrivals per second over a DAY
     late: float = 0.0  # late units per second over wait_window
     price: float = PRICE_START
+    aim: float | None = None  # the late share the price aims at (None until units were seen)
     recent: tuple[tuple[float, float], ...] = ()
 
     @property
@@ -157,7 +158,7 @@ def update(
     seen = state.seen + slow * (arrived / dt - state.seen)
     daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
     late_rate = state.late + slow * (late / dt - state.late)
-    price = state.price
+    price, aim = state.price, state.aim
     if arrived or late:
         # The window's units: the average, corrected for how little of a window (of a day) has
         # been seen; at least what a window holds on an average day's hour.
@@ -188,6 +189,7 @@ def update(
         daily=daily,
         late=late_rate,
         price=min(PRICE_MAX, max(PRICE_MIN, price)),
+        aim=aim,
         recent=(*kept, (now, arrived)) if arrived else kept,
     ), arrived
 
