@@ -24,9 +24,10 @@ which is how a share of late units is met at the least cost (the Lagrangian of "
 share late"). The price is learned (integral control on its log): late units raise it and units
 on time lower it, each by a step sized to the units `wait_window` holds, so that the late share
 settles at the allowed share less a margin for the noise of a day's units (MARGIN_Z). Units
-late within a start-up of the first unit do not count: no pool could have saved them, and a
-price wound up by them would take hours to come down (anti-windup). Learning corrects whatever
-the model gets wrong (bursts, service times, a source's quirks).
+late within a start-up of the first unit do not raise it: no pool could have saved them, and a
+price wound up by them would take hours to come down (anti-windup); they still count against
+the day's allowance, so the aim is lower by their share of a day's units. Learning corrects
+whatever the model gets wrong (bursts, service times, a source's quirks).
 
 **Late units from depth readings.** The queue is served oldest first, so the units that arrived
 T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
@@ -78,7 +79,7 @@ class WaitState:
     """
 
     at: float | None = None
-    since: float | None = None  # the first reading after a (re)start
+    since: float | None = None  # the first reading of a fresh state (-inf after a restart)
     first: float | None = None  # the first arrival a fresh state saw (None after a restart)
     total: float = 0.0
     rate: float = 0.0  # arrivals per second over RATE_WINDOW
@@ -86,6 +87,7 @@ class WaitState:
     seen: float = 0.0  # arrivals per second over wait_window
     daily: float = 0.0  # arrivals per second over a DAY
     late: float = 0.0  # late units per second over wait_window
+    unsaved: float = 0.0  # late units per second over a DAY that no pool could have saved
     price: float = PRICE_START
     aim: float | None = None  # the late share the price aims at (None until units were seen)
     recent: tuple[tuple[float, float], ...] = ()
@@ -105,13 +107,13 @@ class WaitState:
 
     def as_json(self) -> dict[str, float]:
         return {"rate": self.rate, "busy": self.busy, "seen": self.seen, "daily": self.daily, "late": self.late,
-                "price": self.price}  # fmt: skip
+                "unsaved": self.unsaved, "price": self.price}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, float]) -> WaitState:
         return cls(rate=float(data["rate"]), busy=float(data["busy"]), seen=float(data["seen"]),
                    daily=float(data.get("daily", data["seen"])), late=float(data["late"]),
-                   price=float(data["price"]))  # fmt: skip
+                   unsaved=float(data.get("unsaved", 0.0)), price=float(data["price"]))  # fmt: skip
 
 
 def update(
@@ -122,9 +124,9 @@ def update(
     time between readings, `startup` how long a session opened now takes (the lead time)."""
     total = float(waiting + in_flight)
     if state.at is None:
-        # After a restart the averages carry on (they are what was learned); the window of
-        # units counts afresh from here.
-        since = now - window if state.seen > 0 else now
+        # After a restart the averages carry on: they are what was learned, whole averages, not
+        # fresh ones that read low for want of history (which `since` corrects for).
+        since = -math.inf if state.seen > 0 else now
         return replace(state, at=now, since=since, total=total, recent=()), 0.0
     dt = now - state.at
     if dt <= 0:
@@ -137,23 +139,27 @@ def update(
     cutoff = now - horizon
     # `recent` runs oldest first: the due readings are a prefix. (Counts are whole numbers, so
     # the sums are exact in any order.)
-    split, due, since = 0, 0.0, arrived
+    split, due, due_all, since = 0, 0.0, 0.0, arrived
     # Anti-windup: with no traffic seen there is no pool, and the first one sized from it is
     # ready a start-up later; units late before then were late whatever the price, so they do
-    # not raise it. A restored state has seen traffic: its units count at once.
+    # not raise it (they still spend the day's allowance: see the aim). A restored state has
+    # seen traffic: its units count at once.
     first = now if state.first is None and state.seen == 0 and arrived else state.first
     saveable = -math.inf if first is None else first + startup
     for at, count in state.recent:
         if at <= cutoff:
             split += 1
+            due_all += count
             if at >= saveable:
                 due += count
         else:
             since += count
     kept = state.recent[split:]
-    late = min(due, max(0.0, waiting - since))
+    late_all = min(due_all, max(0.0, waiting - since))
+    late = min(due, late_all)
     if oldest_age is not None and oldest_age < horizon:
-        late = 0.0
+        late = late_all = 0.0
+    unsaved = state.unsaved - math.expm1(-dt / DAY) * ((late_all - late) / dt - state.unsaved)
     fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
     seen = state.seen + slow * (arrived / dt - state.seen)
     daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
@@ -162,11 +168,11 @@ def update(
     if arrived or late:
         # The window's units: the average, corrected for how little of a window (of a day) has
         # been seen; at least what a window holds on an average day's hour.
-        units, per_day = 0.0, 0.0
+        units, per_second = 0.0, 0.0
         if state.since is not None:
             age = now - state.since
             per_second = daily / -math.expm1(-age / DAY)
-            units, per_day = window * max(seen / -math.expm1(-age / window), per_second), DAY * per_second
+            units = window * max(seen / -math.expm1(-age / window), per_second)
         # Every unit lowers the log of the price a little, every late unit raises it by
         # (1 - aim) / aim times as much: it stands still at the aimed late share. A window of
         # units all on time lowers it STEP x STEP times. Without units nothing moves it. The
@@ -174,8 +180,11 @@ def update(
         # over all units), so a quiet hour's few units move it as little each as a busy hour's:
         # it does not chase the late share of the hour.
         allowed = 1 - target.quantile
-        noise = math.sqrt(allowed * target.quantile / max(1.0, per_day))
-        aim = max(allowed / 4, allowed - MARGIN_Z * noise)
+        noise = math.sqrt(allowed * target.quantile / max(1.0, DAY * per_second))
+        # The late units no pool could have saved (a count over the last day) took their part of
+        # the allowance of a day's units.
+        spent = unsaved / per_second if per_second > 0 else 0.0
+        aim = max(allowed / 4, allowed - MARGIN_Z * noise - spent)
         step = 2 * math.log(STEP) / max(MIN_UNITS, units)
         price *= math.exp(step * (late * (1 - aim) / aim - (arrived - late)))
     return WaitState(
@@ -188,6 +197,7 @@ def update(
         seen=seen,
         daily=daily,
         late=late_rate,
+        unsaved=unsaved,
         price=min(PRICE_MAX, max(PRICE_MIN, price)),
         aim=aim,
         recent=(*kept, (now, arrived)) if arrived else kept,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -168,6 +169,32 @@ def test_a_day_of_few_units_aims_at_a_lower_late_share_than_a_busy_one() -> None
         return state.price / policy_wait.PRICE_START
 
     assert price_step(360) > 1 > price_step(10_000)
+
+
+def test_late_units_no_pool_could_have_saved_spend_the_days_allowance() -> None:
+    # 5 units late at the start of a day of 360: the rest of the day may have 5 fewer late.
+    def aim_after(unsaved: float) -> float:
+        daily = 360 / 86400
+        state = WaitState(at=0.0, since=-30 * 86400.0, total=0.0, seen=daily, daily=daily, unsaved=unsaved)
+        state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0, startup=0.0)
+        assert state.aim is not None
+        return state.aim
+
+    assert aim_after(0.0) - aim_after(5 / 86400) == pytest.approx(5 / 360, rel=0.01)
+
+
+def test_after_a_restart_a_late_unit_moves_the_price_as_much_as_before_it() -> None:
+    # The restored averages are whole: read as a fresh hour's, they made a late unit's step
+    # about 24 times smaller for hours after every restart.
+    running = WaitState(at=0.0, since=-30 * 86400.0, total=1.0, seen=1 / 60, daily=1 / 60, recent=((-30.0, 1.0),))
+    restored, _ = policy_wait.update(WaitState.from_json(running.as_json()), 0.0, 1, 0, None, P95_10, 3600, 1.0, 0.0)
+    restored = replace(restored, recent=running.recent)  # the late unit, as the running one saw it
+
+    def step(state: WaitState) -> float:
+        after, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0, startup=0.0)
+        return math.log(after.price / state.price)
+
+    assert step(running) > 0 and step(restored) == pytest.approx(step(running), rel=0.01)
 
 
 def test_the_pool_grows_with_the_price_and_the_rate_and_is_empty_without_arrivals() -> None:
