@@ -8,7 +8,7 @@ LOCK := constraints.txt
 PIP_INSTALL = $(PY) -m pip install -q --disable-pip-version-check -c $(LOCK)
 PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: test lint demo bench bench-frontier bench-week bench-reaction bench-scale lock clean
+.PHONY: test lint demo bench bench-frontier bench-week bench-seeds bench-reaction bench-scale lock clean
 
 # One stamp per extra: the demo does not wait for the test tools (Helm, schemas) to install.
 # setuptools comes from the lock too (no build isolation), so the build is as pinned as the rest.
@@ -44,6 +44,10 @@ bench-frontier: $(VENV)/.installed-demo
 # Every policy on a week of traffic (about 330,000 jobs), each under 60 s and 1 GB (a few minutes).
 bench-week: $(VENV)/.installed-demo
 	$(VENV)/bin/vast-queue-scaler simulate --week
+
+# The wait targets and the fixed settings tuned on the built-in traces, on 20 other draws (< 1 min).
+bench-seeds: $(VENV)/.installed-demo
+	$(PY) bench/seeds.py
 
 # Real time, real processes: seconds from a queued unit to the session request (about 3 minutes).
 bench-reaction: $(VENV)/.installed-demo
