@@ -163,7 +163,7 @@ def update(
     fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
     seen = state.seen + slow * (arrived / dt - state.seen)
     daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
-    late_rate = state.late + slow * (late / dt - state.late)
+    late_rate = state.late + slow * (late_all / dt - state.late)  # what the metric says: every late unit
     price, aim = state.price, state.aim
     if arrived or late:
         # The window's units: the average, corrected for how little of a window (of a day) has
