@@ -74,15 +74,19 @@ async def test_a_crashed_worker_loses_its_session_and_the_next_session_gets_anot
         answer = await emu.set_faults({"crash_worker": worker_id})
         assert answer["crashed"] == [worker_id]
         state = await emu.state()
-        (worker,) = endpoint_state(state)["workers"]
+        # Only the crashed one: on a loaded machine the route may wait long enough for the
+        # endpoint to start a second worker.
+        (worker,) = [w for w in endpoint_state(state)["workers"] if w["id"] == worker_id]
         assert (worker["state"], worker["sessions"]) == ("error", [])
         assert state["session_log"][-1]["event"] == "end" and state["session_log"][-1]["reason"] == "crash"
         with pytest.raises(Exception):  # noqa: B017 (the SDK raises a bare Exception)
             await endpoint.get_session(session.session_id, session.auth_data)
         again = await endpoint.session(cost=100, lifetime=60, timeout=30)
         assert again.url != session.url
-        assert (await emu.set_faults({"crash_worker": "random", "endpoint": "demo"}))["crashed"] == [
-            int(again.url.rsplit("/", 1)[1])]  # fmt: skip
+        running = {w["id"] for w in endpoint_state(await emu.state())["workers"] if w["state"] not in ("error", "stopped")}
+        assert int(again.url.rsplit("/", 1)[1]) in running
+        (crashed,) = (await emu.set_faults({"crash_worker": "random", "endpoint": "demo"}))["crashed"]
+        assert crashed in running
 
 
 async def test_a_cold_start_that_never_finishes():
