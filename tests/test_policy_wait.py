@@ -163,7 +163,7 @@ def test_a_day_of_few_units_aims_at_a_lower_late_share_than_a_busy_one() -> None
     # too close to 5% for the day's p95 to hold, with ten thousand it leaves room.
     def price_step(per_day: float) -> float:
         daily = per_day / 86400
-        state = WaitState(at=0.0, since=-86400.0, total=25.0, seen=daily, daily=daily, recent=((-30.0, 25.0),))
+        state = WaitState(at=0.0, since=-30 * 86400.0, total=25.0, seen=daily, daily=daily, recent=((-30.0, 25.0),))
         state, arrived = policy_wait.update(state, 1.0, 26, 24, None, P95_10, 3600, 1.0, startup=0.0)
         assert arrived == 25 and state.late > 0
         return state.price / policy_wait.PRICE_START
@@ -185,7 +185,7 @@ def test_late_units_no_pool_could_have_saved_spend_the_days_allowance() -> None:
 
 def test_after_a_restart_a_late_unit_moves_the_price_as_much_as_before_it() -> None:
     # The restored averages are whole: read as a fresh hour's, they made a late unit's step
-    # about 24 times smaller for hours after every restart.
+    # about 29 times smaller for hours after every restart.
     running = WaitState(at=0.0, since=-30 * 86400.0, total=1.0, seen=1 / 60, daily=1 / 60, recent=((-30.0, 1.0),))
     restored, _ = policy_wait.update(WaitState.from_json(running.as_json()), 0.0, 1, 0, None, P95_10, 3600, 1.0, 0.0)
     restored = replace(restored, recent=running.recent)  # the late unit, as the running one saw it
