@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.simulation.bench import MODEL, WAIT_TARGETS, in_parallel, ours, wait_target
-from controller.simulation.frontier import GRID
+from controller.simulation.bench import MODEL, WAIT_TARGETS, as_trace, in_parallel, ours, wait_target
+from controller.simulation.frontier import GRID, setting_label
 from controller.simulation.measure import simulate
 from controller.simulation.traces import BUILT_IN, Trace
 
@@ -32,7 +32,7 @@ OUT = Path(__file__).with_name("seeds.md")
 
 
 def _trace(name: str, seed: int | None) -> Trace:
-    return BUILT_IN[name]() if seed is None else BUILT_IN[name](seed)  # type: ignore[call-arg]
+    return as_trace(name) if seed is None else BUILT_IN[name](seed)  # type: ignore[call-arg]
 
 
 def _run(job: tuple[str, int | None, dict[str, Any]]) -> tuple[float, float]:
@@ -40,10 +40,6 @@ def _run(job: tuple[str, int | None, dict[str, Any]]) -> tuple[float, float]:
     name, seed, fields = job
     result = simulate(_trace(name, seed), ours(**fields), MODEL, "ours")
     return result.p95_after, result.cost_after / 3600
-
-
-def _label(fields: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in fields.items()) or "defaults"
 
 
 def main() -> None:
@@ -95,7 +91,7 @@ def _render(
         fixed_cost = statistics.fmean(cost for _, cost in fixed_runs) if fixed_runs else None
         for label, results in (
             (f"wait_target p95 {target:g} s", wait),
-            *(((_label(fixed), fixed_runs),) if fixed is not None and fixed_runs else ()),
+            *(((setting_label(fixed), fixed_runs),) if fixed is not None and fixed_runs else ()),
         ):
             met = sum(p95 <= target for p95, _ in results)
             cost = statistics.fmean(cost for _, cost in results)

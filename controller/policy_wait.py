@@ -159,10 +159,10 @@ def update(
     late = min(due, late_all)
     if oldest_age is not None and oldest_age < horizon:
         late = late_all = 0.0
-    unsaved = state.unsaved - math.expm1(-dt / DAY) * ((late_all - late) / dt - state.unsaved)
-    fast, slow = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window)
+    fast, slow, day = -math.expm1(-dt / RATE_WINDOW), -math.expm1(-dt / window), -math.expm1(-dt / DAY)
+    unsaved = state.unsaved + day * ((late_all - late) / dt - state.unsaved)
     seen = state.seen + slow * (arrived / dt - state.seen)
-    daily = state.daily - math.expm1(-dt / DAY) * (arrived / dt - state.daily)
+    daily = state.daily + day * (arrived / dt - state.daily)
     late_rate = state.late + slow * (late_all / dt - state.late)  # what the metric says: every late unit
     price, aim = state.price, state.aim
     if arrived or late:

@@ -53,6 +53,11 @@ MARKS = (*BASELINES, "oracle")
 COST_MARGIN = 1.10
 
 
+def setting_label(fields: dict[str, Any]) -> str:
+    """A fixed setting as the reports name it: "buffer_sessions 1, scale_down_delay 300"."""
+    return ", ".join(f"{name} {value:g}" for name, value in fields.items()) or "defaults"
+
+
 @dataclass(frozen=True)
 class Point:
     """One config's run, as the frontier reads it (p95 and cost after the learning time)."""
@@ -64,7 +69,7 @@ class Point:
     def label(self) -> str:
         if "wait_target" in self.fields:
             return f"wait_target p95 {self.fields['wait_target']['seconds']:g} s"
-        return ", ".join(f"{name} {value:g}" for name, value in self.fields.items()) or "defaults"
+        return setting_label(self.fields)
 
     @property
     def p95(self) -> float:
