@@ -10,6 +10,9 @@ from pydantic import BaseModel
 
 from vqs_consumer import Context, FatalError, RetryableError, handler
 
+#: Printed by `work` as it starts a unit, before its id.
+STARTED = "handler started unit"
+
 
 class Job(BaseModel):
     id: str
@@ -23,6 +26,7 @@ class Job(BaseModel):
 @handler
 async def work(job: Job, ctx: Context) -> dict:
     seconds = job.slow_seconds if ctx.worker == job.slow_on else job.seconds
+    print(f"{STARTED} {job.id}", flush=True)  # tests stop a worker mid-unit once they see this
     ctx.progress(0.0, "started")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

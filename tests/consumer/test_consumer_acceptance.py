@@ -5,6 +5,7 @@ Depth is read with the controller's own source, so "in flight" is what the contr
 
 from __future__ import annotations
 
+from consumer_handlers import STARTED
 from consumer_support import LEASE, job
 from support import eventually
 
@@ -13,7 +14,7 @@ async def test_a_unit_whose_worker_is_killed_is_redone_by_another(queue, workers
     unit = job(slow_on="first", slow_seconds=60, seconds=0.1)
     await queue.put(unit)
     first = await workers(queue, "first")
-    await eventually(lambda: _depth_is(queue, (0, 1)), 20, what="the unit in flight on the first worker")
+    await _working_on(queue, first, unit)
     first.kill9()
     await first.exit_code()
 
@@ -76,7 +77,7 @@ async def test_sigterm_mid_unit_lets_it_finish_within_the_grace_period(queue, wo
     unit = job(seconds=2)
     await queue.put(unit)
     worker = await workers(queue, "only", "--grace", "20")
-    await eventually(lambda: _depth_is(queue, (0, 1)), 20, what="the unit in flight")
+    await _working_on(queue, worker, unit)
     worker.terminate()
     assert await worker.exit_code() == 0, worker.output()
     assert (await queue.result_for(unit["id"], timeout=10))["status"] == "done", worker.output()
@@ -88,7 +89,7 @@ async def test_sigterm_mid_unit_hands_back_what_outlives_the_grace_period(queue,
     unit = job(slow_on="first", slow_seconds=60, seconds=0.1)
     await queue.put(unit)
     worker = await workers(queue, "first", "--grace", "0.5")
-    await eventually(lambda: _depth_is(queue, (0, 1)), 20, what="the unit in flight")
+    await _working_on(queue, worker, unit)
     worker.terminate()
     assert await worker.exit_code() == 0, worker.output()
     # Nothing in flight: the unit waits for the next worker, which finishes it.
@@ -98,6 +99,16 @@ async def test_sigterm_mid_unit_hands_back_what_outlives_the_grace_period(queue,
     await workers(queue, "second")
     assert (await queue.result_for(unit["id"]))["worker"] == "second"
     await queue.drained()
+
+
+async def _working_on(queue, worker, unit) -> None:
+    """Until `worker`'s handler has started `unit`.
+
+    The queue shows a unit in flight once it is taken, a moment before the runner holds it: a stop
+    in that moment hands it back unstarted, which is right, but not what these tests stop.
+    """
+    await eventually(lambda: f"{STARTED} {unit['id']}" in worker.output(), 20, what=f"{worker.name} working on the unit")
+    assert await queue.depth() == (0, 1)
 
 
 async def _depth_is(queue, expected: tuple[int, int]) -> bool:
