@@ -171,16 +171,27 @@ def test_a_day_of_few_units_aims_at_a_lower_late_share_than_a_busy_one() -> None
     assert price_step(360) > 1 > price_step(10_000)
 
 
+def test_a_late_unit_raises_the_price_at_most_as_much_as_a_window_on_time_lowers_it() -> None:
+    # A day of 360 units aims at under 2% late: a late unit is worth 50 and more units on time.
+    # Taken whole from a window's step, its rise (about 60,000 x) was cut off at PRICE_MAX, and a
+    # late share over the aim was what was left of the control.
+    daily = 360 / 86400
+    state = WaitState(at=0.0, since=-30 * 86400.0, total=1.0, seen=daily, daily=daily, recent=((-30.0, 1.0),))
+    after, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0, startup=0.0)
+    assert after.aim is not None and after.aim < 0.02
+    assert 1 < after.price / state.price <= policy_wait.STEP**2 * 1.0001
+
+
 def test_late_units_no_pool_could_have_saved_spend_the_days_allowance() -> None:
-    # 5 units late at the start of a day of 360: the rest of the day may have 5 fewer late.
+    # 5 units late at the start of a day of 3,600: the rest of the day may have 5 fewer late.
     def aim_after(unsaved: float) -> float:
-        daily = 360 / 86400
+        daily = 3600 / 86400
         state = WaitState(at=0.0, since=-30 * 86400.0, total=0.0, seen=daily, daily=daily, unsaved=unsaved)
         state, _ = policy_wait.update(state, 1.0, 1, 0, None, P95_10, 3600, 1.0, startup=0.0)
         assert state.aim is not None
         return state.aim
 
-    assert aim_after(0.0) - aim_after(5 / 86400) == pytest.approx(5 / 360, rel=0.01)
+    assert aim_after(0.0) - aim_after(5 / 86400) == pytest.approx(5 / 3600, rel=0.01)
 
 
 def test_after_a_restart_a_late_unit_moves_the_price_as_much_as_before_it() -> None:
