@@ -13,7 +13,7 @@ from controller.config import PolicyConfig
 from controller.simulation import Consumer, Model, Result, Trace, World, frontier, simulate
 from controller.simulation import policies as sim_policies
 from controller.simulation.bench import BASELINES, MODEL, POLICIES, TUNED, checks, ours, wait_checks
-from controller.simulation.policies import KedaScaledJob, KedaScaledObject, Ours
+from controller.simulation.policies import KedaScaledJob, KedaScaledObject, KnownRate, Ours
 from controller.simulation.traces import BUILT_IN, distribution, read_csv, write_csv
 
 COLD, RESUME, IDLE = 180.0, 30.0, 10.0  # MODEL's cold start, resume and inactivity_timeout
@@ -85,6 +85,16 @@ def test_the_oracle_has_the_one_job_worker_ready_on_arrival_at_the_same_cost() -
     result = run(one_job(at=0.0, service=60.0), "oracle")
     assert result.wait_max == 0.0
     assert result.cost == pytest.approx(COLD + 60 + IDLE)
+
+
+def test_told_the_rate_ours_has_a_pool_ready_for_the_first_unit_learning_it_does_not() -> None:
+    # Traffic from 10 minutes on: a perfect profile knows it is coming, a learned rate waits for it.
+    trace = Trace.of("from-600", [(600.0 + 10 * k, 30.0) for k in range(30)], rate=lambda t: 0.1 if t >= 600 else 0.0)
+    config = PolicyConfig(max_sessions=MODEL.max_workers, wait_target={"p95": "10s"})
+    told = simulate(trace, lambda model: KnownRate(config, trace.rate), MODEL)  # type: ignore[arg-type]
+    learned = simulate(trace, lambda model: Ours(config), MODEL)
+    assert learned.wait_max == pytest.approx(COLD)
+    assert told.wait_max < 10 and told.cost > learned.cost  # it pays for the pool
 
 
 def test_keda_scaledobject_keeps_its_replica_for_the_cooldown() -> None:

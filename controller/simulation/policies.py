@@ -1,5 +1,8 @@
 """The policies under test: ours (the real `controller.policy.decide`) and the KEDA baselines.
 
+`KnownRate` is ours with a wait target told the trace's true arrival rate (what a perfect
+profile would know, not the arrivals): how far learning the rate could take the wait rows.
+
 Each is a `Controller`: the world calls `tick(now, world)` and waits the returned delay. The
 baselines follow KEDA 2.x and the Kubernetes HPA at their defaults, mapped onto Vast sessions
 (a replica or a Job is one session on one worker):
@@ -24,6 +27,8 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 from controller.config import PolicyConfig
@@ -98,6 +103,23 @@ class Ours:
             world.close(close_order(world.granted_at, world.granted_at.__getitem__, decision, now))
         world.open(decision.open)
         return self.poll_interval
+
+
+class KnownRate(Ours):
+    """Ours, its wait target's arrival rate replaced at every reading by `rate` one measured
+    start-up ahead (the forecast is off: it has nothing to add to the true rate)."""
+
+    def __init__(self, config: PolicyConfig, rate: Callable[[float], float]):
+        assert config.wait_target is not None
+        super().__init__(config.model_copy(update={"forecast": False}))
+        self.rate = rate
+
+    def tick(self, now: float, world: World) -> float:
+        learned = self.state.learned
+        if learned.wait is not None:
+            told = replace(learned.wait, rate=self.rate(now + learned.startup.lead))
+            self.state = replace(self.state, learned=replace(learned, wait=told))
+        return super().tick(now, world)
 
 
 class KedaScaledObject:

@@ -12,7 +12,7 @@ import csv
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DISTRIBUTION_FORMS = "SECONDS, uniform:LOW:HIGH, lognormal:MEDIAN:SIGMA or pareto:MINIMUM:ALPHA"
@@ -61,11 +61,17 @@ class Trace:
     #: The first period of a recurring pattern: what a learning policy may spend learning it.
     #: Results are also measured over the jobs arriving after it (0: no pattern to learn).
     learning: float = 0.0
+    #: Arrivals per second at a time, as the generator drew them (only where that rate is smooth:
+    #: multi-day): what a perfect profile would know, not the arrivals themselves.
+    rate: Callable[[float], float] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, name: str, jobs: Iterable[tuple[float, float]], about: str = "", learning: float = 0.0) -> Trace:
+    def of(
+        cls, name: str, jobs: Iterable[tuple[float, float]], about: str = "", learning: float = 0.0,
+        rate: Callable[[float], float] | None = None,
+    ) -> Trace:  # fmt: skip
         ordered = sorted((round(at, 1), round(max(service, 0.1), 1)) for at, service in jobs)
-        return cls(name, tuple(a for a, _ in ordered), tuple(s for _, s in ordered), about, learning)
+        return cls(name, tuple(a for a, _ in ordered), tuple(s for _, s in ordered), about, learning, rate)
 
 
 def write_csv(trace: Trace, path: Path) -> None:
@@ -203,7 +209,7 @@ def multi_day(seed: int = 17) -> Trace:
     return Trace.of("multi-day", ((a, service()) for a in arrivals),
                     "3 days of a day curve: 0.2 jobs/min at night to about 12 jobs/min at noon, each "
                     "day's height +-20% and its timing +-30 min at random; service lognormal, median 60 s",
-                    learning=DAY)
+                    learning=DAY, rate=rate)
 
 
 def periodic_batch(seed: int = 18) -> Trace:
