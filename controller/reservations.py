@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 from controller.backoff import backoff
-from controller.cancellation import raise_if_cancelled
 from controller.policy import Decision, Supply, close_order
 from controller.sessions import PoolMetrics
 from controller.vast import ReservationTracker, VastEndpoint, VastError
@@ -111,7 +110,6 @@ class ReservationPool:
                     extra={"scaler": self.scaler, "reason": exc.kind, "error": str(exc)},
                 )
                 reservation.tracker = ReservationTracker()
-                raise_if_cancelled()  # an ended reservation must not try again
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
         if self._reservations.pop(token, None) is not None:
@@ -123,6 +121,9 @@ class ReservationPool:
         try:
             await asyncio.wait([holding, held], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            # Not awaited: a client that swallows the cancel may take its time to end. What it ends
+            # with (its own error, if it turned the cancel into one) is read, not left to the logs.
+            holding.add_done_callback(_read_outcome)
             holding.cancel()
             raise
         finally:
@@ -157,3 +158,9 @@ class ReservationPool:
             self._end(token, "shutdown")
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+def _read_outcome(task: asyncio.Task[None]) -> None:
+    """Mark what a task ended with as seen (asyncio logs an error nobody read)."""
+    if not task.cancelled():
+        task.exception()

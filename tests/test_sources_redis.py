@@ -310,6 +310,36 @@ async def test_watch_says_once_that_notifications_are_off_and_does_not_change_th
             await client.aclose()
 
 
+async def test_a_watch_whose_cancel_the_client_swallowed_still_stops(redis_url, prefix, monkeypatch):
+    # On Python 3.11 asyncio.wait_for, which redis-py uses for timeouts, can return a result in
+    # place of a cancel that lands as the call completes: the watch must not go on for ever.
+    listen, listening, swallowed = aioredis.client.PubSub.get_message, asyncio.Event(), []
+
+    async def swallowing(self, *args, **kwargs):
+        listening.set()
+        try:
+            return await listen(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)  # the first one only: the test can still stop a watch that went on
+            return None
+
+    monkeypatch.setattr(aioredis.client.PubSub, "get_message", swallowing)
+    source = from_url(f"{redis_url}?list={prefix}jobs")
+    watch = source.watch()
+    wake = asyncio.ensure_future(anext(watch))
+    try:
+        async with asyncio.timeout(10):
+            await listening.wait()
+        wake.cancel()
+        await asyncio.wait({wake}, timeout=5)
+        assert swallowed and wake.cancelled(), "the watch went on after a swallowed cancel"
+    finally:
+        await stop(wake, watch)
+        await source.close()
+
+
 @needs_redis_server
 async def test_watch_resubscribes_after_the_server_restarts(caplog):
     port = free_port()
