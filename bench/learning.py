@@ -16,18 +16,8 @@ import time
 from pathlib import Path
 
 from controller.config import PolicyConfig
-from controller.simulation.bench import (
-    LEARN_COST_MARGIN,
-    LEARN_WAIT_FACTOR,
-    LEARN_WAIT_SLACK,
-    MODEL,
-    POLICIES,
-    WAIT_TARGETS,
-    as_trace,
-    in_parallel,
-    ours,
-    wait_target,
-)
+from controller.simulation import bench
+from controller.simulation.bench import as_trace, wait_target
 from controller.simulation.measure import PolicyFactory, simulate
 from controller.simulation.policies import KnownRate
 
@@ -39,10 +29,10 @@ OUT = Path(__file__).with_name("learning.md")
 
 def _factory(kind: str, target: float | None) -> PolicyFactory:
     if kind == "oracle":
-        return POLICIES["oracle"].factory
+        return bench.POLICIES["oracle"].factory
     assert target is not None
     if kind == "learned":
-        return ours(**wait_target(target))
+        return bench.ours(**wait_target(target))
     rate = as_trace(TRACE).rate
     assert rate is not None
     return lambda model: KnownRate(PolicyConfig(max_sessions=model.max_workers, **wait_target(target)), rate)
@@ -50,22 +40,23 @@ def _factory(kind: str, target: float | None) -> PolicyFactory:
 
 def _run(job: tuple[str, float | None]) -> tuple[float, float]:
     """(p95 wait s, cost h) after the learning time."""
-    result = simulate(as_trace(TRACE), _factory(*job), MODEL, job[0])
+    result = simulate(as_trace(TRACE), _factory(*job), bench.MODEL, job[0])
     return result.p95_after, result.cost_after / 3600
 
 
 def main() -> None:
     started = time.monotonic()
     jobs: list[tuple[str, float | None]] = [("oracle", None)]
-    jobs += [("learned", target) for target in WAIT_TARGETS] + [("told", target) for target in TOLD]
-    done = dict(zip(jobs, in_parallel(_run, jobs, os.cpu_count() or 1, key=lambda _: 1.0), strict=True))
+    jobs += [("learned", target) for target in bench.WAIT_TARGETS] + [("told", target) for target in TOLD]
+    done = dict(zip(jobs, bench.in_parallel(_run, jobs, os.cpu_count() or 1, key=lambda _: 1.0), strict=True))
     OUT.write_text(_render(done, time.monotonic() - started))
     print(f"wrote {OUT}")
 
 
 def _render(done: dict[tuple[str, float | None], tuple[float, float]], elapsed: float) -> str:
     oracle_p95, oracle_cost = done[("oracle", None)]
-    bound_p95, bound_cost = LEARN_WAIT_FACTOR * oracle_p95 + LEARN_WAIT_SLACK, LEARN_COST_MARGIN * oracle_cost
+    bound_p95 = bench.LEARN_WAIT_FACTOR * oracle_p95 + bench.LEARN_WAIT_SLACK
+    bound_cost = bench.LEARN_COST_MARGIN * oracle_cost
     trace = as_trace(TRACE)
     lines = [
         "# Learning the rate, and knowing it: the wait rows against the oracle's bound",
@@ -76,8 +67,8 @@ def _render(done: dict[tuple[str, float | None], tuple[float, float]], elapsed: 
         "every reading by the rate the generator drew the arrivals from, one measured start-up ahead (a "
         "perfect profile; the forecast off). The oracle knows every arrival.",
         "",
-        f"The bound: p95 <= {LEARN_WAIT_FACTOR:g} x {oracle_p95:.1f} + {LEARN_WAIT_SLACK:g} = {bound_p95:.1f} s "
-        f"at <= {LEARN_COST_MARGIN:.2f} x {oracle_cost:.2f} = {bound_cost:.2f} h.",
+        f"The bound: p95 <= {bench.LEARN_WAIT_FACTOR:g} x {oracle_p95:.1f} + {bench.LEARN_WAIT_SLACK:g} = {bound_p95:.1f} s "
+        f"at <= {bench.LEARN_COST_MARGIN:.2f} x {oracle_cost:.2f} = {bound_cost:.2f} h.",
         "",
         "| policy | p95 s | cost h | cost / oracle | within the bound |",
         "|---|---:|---:|---:|:-:|",
