@@ -24,11 +24,11 @@ which is how a share of late units is met at the least cost (the Lagrangian of "
 share late"). The price is learned (integral control on its log): late units raise it and units
 on time lower it, each by a step sized to the units `wait_window` holds (and so that one late unit
 raises it at most STEP x STEP times), so that the late share settles at the allowed share less a
-margin for the noise of a day's units (MARGIN_Z). Units
-late within a start-up of the first unit do not raise it: no pool could have saved them, and a
-price wound up by them would take hours to come down (anti-windup); they still count against
-the day's allowance, so the aim is lower by their share of a day's units. Learning corrects
-whatever the model gets wrong (bursts, service times, a source's quirks).
+margin of MARGIN_Z standard deviations of a day's late share. Units late within a start-up of the
+first unit do not raise it: no pool could have saved them, and a price wound up by them would
+take hours to come down (anti-windup); they still count against the day's allowance, so the aim
+is lower by their share of a day's units. Learning corrects whatever the model gets wrong
+(bursts, service times, a source's quirks).
 
 **Late units from depth readings.** The queue is served oldest first, so the units that arrived
 T or more seconds ago and still wait number max(0, waiting - arrivals of the last T seconds); of
