@@ -129,6 +129,9 @@ class Metrics:
             "vqs_wait_late_share_aim",
             "With wait_target: the late share the price aims at (the allowed share less a margin for a day's units).",
         )
+        self.late_share_allowed = gauge(
+            "vqs_wait_late_share_allowed", "With wait_target: the late share the target allows (1 - its quantile)."
+        )
         self.wait_price = gauge(
             "vqs_wait_price_seconds", "With wait_target: worker-seconds a late unit is worth, as learned."
         )
@@ -206,6 +209,8 @@ class Metrics:
             self._child(self.wait_price, scaler).set(learned.wait.price)
             if learned.wait.aim is not None:
                 self._child(self.late_share_aim, scaler).set(learned.wait.aim)
+            if "allowed" in terms:
+                self._child(self.late_share_allowed, scaler).set(terms["allowed"])
             self._child(self.spares, scaler).set(terms.get("spares", 0))
         if "forecast" in terms:
             self._child(self.forecast, scaler).set(terms["forecast"])

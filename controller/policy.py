@@ -506,7 +506,8 @@ def _for_wait_target(
             need += ahead
     pool = policy_rate.sessions(policy_wait.pool(wait, config.wait_target, startup, poll, bounds.upper), config)
     spare = max(0, pool - need)
-    terms.update(pool=pool, spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1))
+    terms.update(pool=pool, spares=spare, late_share=round(wait.late_share, 4), price=round(wait.price, 1),
+                 allowed=round(1 - config.wait_target.quantile, 6))  # fmt: skip
     if wait.aim is not None:
         terms["aim"] = round(wait.aim, 4)
     if spare:

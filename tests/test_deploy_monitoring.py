@@ -30,6 +30,7 @@ METRICS = HISTOGRAMS | {
     "vqs_sessions_opened_total", "vqs_sessions_closed_total", "vqs_session_open_failures_total",
     "vqs_keepalives_total", "vqs_ledger_writes_total", "vqs_sessions_adopted_total",
     "vqs_session_seconds_total", "vqs_leader", "vqs_renewals_behind", "vqs_vast_errors_total",
+    "vqs_wait_late_share", "vqs_wait_late_share_allowed",
 }
 PENDING = {"vqs_leader"}  # promised by the leader-election work, not exported yet
 

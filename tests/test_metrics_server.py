@@ -143,6 +143,7 @@ async def test_measured_startups_reach_the_policy_and_what_it_learns_is_exported
     assert value(s, "vqs_wait_price_seconds", scaler="alpha") == pytest.approx(learned.wait.price)
     assert learned.wait.aim is not None and 0.0125 <= learned.wait.aim < 0.05
     assert value(s, "vqs_wait_late_share_aim", scaler="alpha") == pytest.approx(learned.wait.aim)
+    assert value(s, "vqs_wait_late_share_allowed", scaler="alpha") == pytest.approx(0.05)
     assert value(s, "vqs_wait_spare_sessions", scaler="alpha") == dict(made.terms)["spares"]
     assert value(s, "vqs_forecast_weight", scaler="alpha") == 1.0
 
