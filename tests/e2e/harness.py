@@ -24,6 +24,9 @@ from controller.emulator.testing import RECOMMENDED_ENDPOINT, RunningEmulator
 EMULATOR_TIMINGS = {**RECOMMENDED_ENDPOINT, "cold_start_seconds": 0.5, "resume_seconds": 0.2}
 
 
+#: The sessions' lease in these tests (the controller's default is longer).
+LEASE_SECONDS = 10
+
 #: A recognisable account key: no log line or metric may ever contain it.
 API_KEY = "vqs-e2e-" + secrets.token_hex(16)
 
@@ -189,7 +192,7 @@ def scaler_config(emulator: RunningEmulator, source: str, **session: Any) -> dic
                 "endpoint": "demo",
                 "poll_interval": 0.5,
                 "policy": {"scale_down_delay": 2},
-                "session": {"lease_seconds": 10, **session},
+                "session": {"lease_seconds": LEASE_SECONDS, **session},
             }
         ],
     }
