@@ -15,7 +15,6 @@ import asyncio
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -29,15 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.child import start_controller
 from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
+from controller.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 STREAM, GROUP = "reaction:jobs", "workers"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def supply(http: aiohttp.ClientSession, metrics_url: str) -> float:

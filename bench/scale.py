@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import yaml
 from controller.child import clean_environment, start_controller
 from controller.demo.observe import Samples, metric_samples
 from controller.ledger import FileLedger
+from controller.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 PER_SCALER = 200
@@ -44,12 +44,6 @@ LEASE = 60.0
 #: and the emulator stays far from being the bottleneck.
 SESSIONS_PER_WORKER = 10
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

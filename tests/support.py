@@ -16,15 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from controller.ports import free_port
+
 #: How long a private server may take to accept connections.
 START_SECONDS = 15.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_answers(host: str, port: int, timeout: float = 0.5) -> bool:

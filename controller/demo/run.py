@@ -34,8 +34,8 @@ from controller.demo.producer import Producer, create_group, pending, read_resul
 from controller.demo.queue import open_queue
 from controller.demo.report import Sample, at_zero, plot, succeeded, summarize
 from controller.emulator.config import build_config
-from controller.emulator.process_workers import free_port
 from controller.emulator.testing import running_emulator
+from controller.ports import free_port
 from controller.sources import from_url
 
 SCALER = ENDPOINT = "demo"

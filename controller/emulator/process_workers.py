@@ -16,22 +16,16 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.ports import free_port
+
 STOP_GRACE_SECONDS = 3.0
 LOG_TAIL_BYTES = 2000
 _PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:

@@ -12,7 +12,7 @@ from emulator_support import call
 from support import eventually
 
 from controller.cli import main as cli_main
-from controller.emulator.process_workers import free_port
+from controller.ports import free_port
 
 
 async def test_the_cli_serves_the_configured_endpoints_and_stops_on_sigterm(tmp_path):

@@ -12,8 +12,8 @@ from aiohttp import web
 from emulator_support import call, endpoint_state, sdk
 from support import eventually
 
-from controller.emulator.process_workers import free_port
 from controller.emulator.testing import RECOMMENDED_ENDPOINT, running_emulator
+from controller.ports import free_port
 
 #: One worker kept active with no demand at all.
 ALWAYS_ONE = {**RECOMMENDED_ENDPOINT, "min_load": 100, "cold_start_seconds": 0}

@@ -19,11 +19,10 @@ from aiohttp import web
 from Crypto.PublicKey import RSA
 from support import eventually
 
-from controller.emulator.process_workers import NullWorkerProcess, free_port
+from controller.emulator.process_workers import NullWorkerProcess
+from controller.ports import free_port
 
 HTTP = aiohttp.ClientTimeout(total=15)
-
-
 
 
 class StubAutoscaler:
