@@ -23,7 +23,6 @@ from controller.emulator.testing import RECOMMENDED_ENDPOINT, RunningEmulator
 #: not about waiting for GPUs. Everything else is the emulator's default: Vast as documented.
 EMULATOR_TIMINGS = {**RECOMMENDED_ENDPOINT, "cold_start_seconds": 0.5, "resume_seconds": 0.2}
 
-
 #: The sessions' lease in these tests (the controller's default is longer).
 LEASE_SECONDS = 10
 
