@@ -28,6 +28,8 @@ from controller.sources import Source
 from controller.sources import from_url as source_from_url
 
 HANDLERS = Path(__file__).with_name("consumer_handlers.py")
+#: How long the tests' own depth reads may take.
+READ_TIMEOUT = 30.0
 
 
 @dataclass
@@ -47,7 +49,9 @@ class QueueUnderTest:
     async def depth(self) -> tuple[int, int]:
         """(waiting, in flight) as the controller reads them."""
         if self._reader is None:
-            self._reader = source_from_url(self.source)
+            # With 6 test workers on 2 cores a first read (which also makes the SQS client) took
+            # longer than the controller's 5 s: the controller reads again next tick, a test cannot.
+            self._reader = source_from_url(self.source, timeout=READ_TIMEOUT)
         reading = await self._reader.depth()
         return reading.waiting, reading.in_flight
 
