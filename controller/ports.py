@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import socket
 
-LOOPBACK = "127.0.0.1"
 
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port nothing listens on, kept from the kernel's own picks for about a minute.
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on, kept from the kernel's own picks for about a minute.
 
     A port read off a bind to port 0 and let go is free for anyone: between that moment and the
     child server's bind, an outgoing connection's local port or another bind to port 0 can take
@@ -19,10 +17,10 @@ def free_port(host: str = LOOPBACK) -> int:
     """
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, 0))
+        listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
-        with socket.create_connection((host, port)):
+        with socket.create_connection(("127.0.0.1", port)):
             accepted, _ = listener.accept()
             accepted.close()  # the side that closes first holds the TIME_WAIT
     return port
